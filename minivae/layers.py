@@ -1,0 +1,229 @@
+"""Layers as forward/backward function pairs, and the small classes that compose them.
+
+Every op is a pair ``*_forward(...) -> (y, cache)`` and ``*_backward(dy, cache) -> grads``. The
+cache holds exactly what the backward needs; nothing is kept on an object between calls. The
+derivation of each backward is one section of ``docs/derivations.md`` (named in the docstring).
+
+Shapes: ``N`` is the batch, ``D_in``/``D_out`` the widths. Arrays are float32 or float64; each op
+computes in the dtype it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from minivae import _checks
+
+# ----------------------------------------------------------------------------------------------
+# Linear
+
+
+def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Any]:
+    """y = x W^T + b.
+
+    x: (N, D_in), W: (D_out, D_in) (PyTorch's layout), b: (D_out,) -> y: (N, D_out).
+    """
+    y = x @ W.T
+    y += b
+    return y, (x, W)
+
+
+def linear_backward(dy: np.ndarray, cache: Any, *, need_dx: bool = True):
+    """Derivation: docs/derivations.md, "Linear layer".
+
+    dx = dy W (N, D_in), dW = dy^T x (D_out, D_in), db = sum_n dy (D_out,).
+    With ``need_dx=False`` dx is None (the first layer of a network needs no input gradient).
+    """
+    x, W = cache
+    dx = dy @ W if need_dx else None
+    dW = dy.T @ x
+    db = dy.sum(axis=0)
+    return dx, dW, db
+
+
+def linear_init(d_in: int, d_out: int, rng: np.random.Generator, dtype=np.float32):
+    """PyTorch's ``nn.Linear`` default: W, b ~ U(-1/sqrt(d_in), 1/sqrt(d_in)).
+
+    (``kaiming_uniform_(a=sqrt(5))`` on W works out to exactly this bound.)
+    """
+    bound = 1.0 / np.sqrt(d_in)
+    W = rng.uniform(-bound, bound, size=(d_out, d_in)).astype(dtype)
+    b = rng.uniform(-bound, bound, size=(d_out,)).astype(dtype)
+    return W, b
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise activations. Where the output determines the derivative, the cache is the output
+# (what a fused kernel keeps); otherwise it is the input.
+
+
+def relu_forward(x: np.ndarray):
+    y = np.maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivation: "Activations". dx = dy * [y > 0] (the derivative at 0 is taken as 0)."""
+    return dy * (y > 0)
+
+
+def leaky_relu_forward(x: np.ndarray, slope: float = 0.01):
+    y = np.where(x > 0, x, x * x.dtype.type(slope))
+    return y, (y, slope)
+
+
+def leaky_relu_backward(dy: np.ndarray, cache) -> np.ndarray:
+    """Derivation: "Activations". dx = dy * (1 if y > 0 else slope); slope > 0 so sign(y) = sign(x)."""
+    y, slope = cache
+    return np.where(y > 0, dy, dy * dy.dtype.type(slope))
+
+
+def elu_forward(x: np.ndarray, alpha: float = 1.0):
+    # expm1 of min(x, 0): no overflow for large positive x, no cancellation near 0.
+    y = np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0)))
+    return y, (y, alpha)
+
+
+def elu_backward(dy: np.ndarray, cache) -> np.ndarray:
+    """Derivation: "Activations". For x <= 0, d/dx alpha (e^x - 1) = alpha e^x = y + alpha."""
+    y, alpha = cache
+    return np.where(y > 0, dy, dy * (y + y.dtype.type(alpha)))
+
+
+def tanh_forward(x: np.ndarray):
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivation: "Activations". dx = dy (1 - y^2)."""
+    return dy * (1 - y * y)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Stable logistic function: exp is only ever taken of -|x|, so it never overflows."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """Stable log(1 + e^x) = max(x, 0) + log1p(e^-|x|)."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def sigmoid_forward(x: np.ndarray):
+    y = sigmoid(x)
+    return y, y
+
+
+def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivation: "Activations". dx = dy y (1 - y)."""
+    return dy * y * (1 - y)
+
+
+def softplus_forward(x: np.ndarray):
+    return softplus(x), x
+
+
+def softplus_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Derivation: "Activations". d/dx log(1 + e^x) = sigmoid(x)."""
+    return dy * sigmoid(x)
+
+
+# name -> (forward, backward, keyword argument the activation takes, its default)
+ACTIVATIONS: dict[str, tuple[Callable, Callable, str | None, float | None]] = {
+    "relu": (relu_forward, relu_backward, None, None),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward, "slope", 0.01),
+    "elu": (elu_forward, elu_backward, "alpha", 1.0),
+    "tanh": (tanh_forward, tanh_backward, None, None),
+    "sigmoid": (sigmoid_forward, sigmoid_backward, None, None),
+    "softplus": (softplus_forward, softplus_backward, None, None),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer classes: they own parameters and compose the pairs above; forward returns the cache.
+
+
+class Linear:
+    """Fully connected layer with PyTorch's initialisation. ``params = {"W", "b"}``."""
+
+    def __init__(self, d_in: int, d_out: int, rng: np.random.Generator, dtype=np.float32):
+        d_in = _checks.positive_int("d_in", d_in)
+        d_out = _checks.positive_int("d_out", d_out)
+        W, b = linear_init(d_in, d_out, rng, dtype)
+        self.params = {"W": W, "b": b}
+
+    def forward(self, x: np.ndarray):
+        return linear_forward(x, self.params["W"], self.params["b"])
+
+    def backward(self, dy: np.ndarray, cache, *, need_dx: bool = True):
+        dx, dW, db = linear_backward(dy, cache, need_dx=need_dx)
+        return dx, {"W": dW, "b": db}
+
+
+class Activation:
+    """An elementwise activation by name: relu, leaky_relu, elu, tanh, sigmoid, softplus."""
+
+    def __init__(self, name: str, **kwargs: float):
+        self.name = _checks.choice("activation", name, tuple(ACTIVATIONS))
+        self._fwd, self._bwd, key, default = ACTIVATIONS[name]
+        extra = set(kwargs) - ({key} if key else set())
+        if extra:
+            raise ValueError(f"activation {name!r} takes no argument {sorted(extra)[0]!r}")
+        self._kwargs = {key: _checks.positive_float(key, kwargs.get(key, default))} if key else {}
+        self.params: dict[str, np.ndarray] = {}
+
+    def forward(self, x: np.ndarray):
+        return self._fwd(x, **self._kwargs)
+
+    def backward(self, dy: np.ndarray, cache, *, need_dx: bool = True):
+        return self._bwd(dy, cache), {}
+
+
+class MLP:
+    """Linear layers with an activation between them (none after the last).
+
+    ``sizes = (d_in, h_1, ..., d_out)``. Parameters are named ``"{i}.W"``, ``"{i}.b"`` for the i-th
+    Linear layer; ``params`` maps those names to the very arrays the layers compute with, so an
+    optimiser updating ``params`` in place updates the network.
+    """
+
+    def __init__(self, sizes, activation: str, rng: np.random.Generator, dtype=np.float32,
+                 **activation_kwargs: float):
+        sizes = _checks.sizes("sizes", sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must name an input and an output width, got {sizes}")
+        self.sizes = sizes
+        self.layers: list[Linear | Activation] = []
+        self.params: dict[str, np.ndarray] = {}
+        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if i:
+                self.layers.append(Activation(activation, **activation_kwargs))
+            lin = Linear(d_in, d_out, rng, dtype)
+            self.layers.append(lin)
+            for k, v in lin.params.items():
+                self.params[f"{i}.{k}"] = v
+
+    def forward(self, x: np.ndarray):
+        caches = []
+        for layer in self.layers:
+            x, c = layer.forward(x)
+            caches.append(c)
+        return x, caches
+
+    def backward(self, dy: np.ndarray, caches, *, need_dx: bool = True):
+        """Back through the layers in reverse order; returns (dx or None, grads keyed like params)."""
+        grads: dict[str, np.ndarray] = {}
+        i = len(self.sizes) - 2  # index of the last Linear layer
+        for pos in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[pos]
+            first = pos == 0
+            dy, g = layer.backward(dy, caches[pos], need_dx=need_dx or not first)
+            if isinstance(layer, Linear):
+                grads[f"{i}.W"], grads[f"{i}.b"] = g["W"], g["b"]
+                i -= 1
+        return dy, grads

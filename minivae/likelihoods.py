@@ -1,0 +1,211 @@
+"""Likelihoods p(x|z) on the decoder's output, each with a stable log-density and its gradient.
+
+Each likelihood follows the layer protocol: ``forward(x, out) -> (logp, cache)`` with ``logp`` the
+per-example log-density summed over the data dimensions, shape (N,), and
+``backward(dlogp, cache) -> (dout, grads)`` with ``dout = dlogp[:, None] * d logp / d out`` and
+``grads`` the gradients of the likelihood's own parameters (only the learned-variance Gaussian has
+one). Derivations: docs/derivations.md, "Likelihoods".
+
+- ``bernoulli``: out = logits l; log p = x l - softplus(l). For binary x this is a likelihood; for
+  grey x in [0, 1] it is the (negated) binary cross-entropy that the PyTorch VAE example reports,
+  which is *not* a normalised density on [0, 1] (see docs/faq.md).
+- ``cbernoulli``: the continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019), the normalised fix for
+  grey values: log p = x l - softplus(l) + log C(l), with log C(l) = log(l / tanh(l / 2)).
+- ``gaussian``: out = mean m, fixed sigma.
+- ``gaussian_learned``: out = mean m, a learned per-dimension log-variance ``logvar`` (D,).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivae import _checks
+from minivae.layers import sigmoid, softplus
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+# Below this |logit| the continuous Bernoulli's normaliser and its derivative use their Taylor
+# series: the closed forms subtract two numbers of size 1/|l| (cancellation), while the series
+# truncated after the u^8 term is accurate to ~1e-16 relative here (next term ~ (|l|/2pi)^10).
+CB_SERIES_BELOW = 0.1
+
+
+def _bernoulli_part(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """x l - softplus(l) elementwise: log sigmoid(l) if x = 1, log sigmoid(-l) if x = 0."""
+    return x * logits - softplus(logits)
+
+
+def cb_log_norm(logits: np.ndarray) -> np.ndarray:
+    """log C(l) for the continuous Bernoulli, C(l) = l / tanh(l/2) (C(0) = 2), elementwise.
+
+    Even in l. For |l| >= CB_SERIES_BELOW: log|l| - log tanh(|l|/2) with
+    log tanh(a) = log(-expm1(-2a)) - log1p(e^{-2a}), which is exact for huge |l| too.
+    Near 0, with u = l/2: log 2 + u^2/3 - 7u^4/90 + 62u^6/2835 - 127u^8/18900.
+    """
+    a = np.abs(logits)
+    small = a < CB_SERIES_BELOW
+    a_big = np.where(small, 1, a)  # keep log() away from 0 on the lanes the series covers
+    e = np.exp(-a_big)
+    exact = np.log(a_big) - (np.log(-np.expm1(-a_big)) - np.log1p(e))
+    u2 = (0.5 * a) ** 2
+    series = np.log(2) + u2 * (1 / 3 + u2 * (-7 / 90 + u2 * (62 / 2835 - u2 * 127 / 18900)))
+    return np.where(small, series, exact).astype(logits.dtype, copy=False)
+
+
+def cb_log_norm_grad(logits: np.ndarray) -> np.ndarray:
+    """d log C / dl = 1/l - 1/sinh(l), elementwise (odd in l, 0 at l = 0).
+
+    1/sinh(l) = 2 sign(l) e^{-|l|} / (1 - e^{-2|l|}) never overflows. Near 0, with u = l/2:
+    u/3 - 7u^3/45 + 62u^5/945 - 254u^7/9450.
+    """
+    a = np.abs(logits)
+    small = a < CB_SERIES_BELOW
+    a_big = np.where(small, 1, a)
+    e = np.exp(-a_big)
+    exact = 1 / a_big - 2 * e / -np.expm1(-2 * a_big)
+    u = 0.5 * a
+    u2 = u * u
+    series = u * (1 / 3 + u2 * (-7 / 45 + u2 * (62 / 945 - u2 * 254 / 9450)))
+    return (np.sign(logits) * np.where(small, series, exact)).astype(logits.dtype, copy=False)
+
+
+def cb_mean(logits: np.ndarray) -> np.ndarray:
+    """E[x] of the continuous Bernoulli: 1/2 + (coth(u) - 1/u)/2 with u = l/2 (1/2 at l = 0)."""
+    u = 0.5 * logits
+    small = np.abs(logits) < CB_SERIES_BELOW
+    u_big = np.where(small, 1, u)
+    exact = 1 / np.tanh(u_big) - 1 / u_big
+    u2 = u * u
+    series = u * (1 / 3 + u2 * (-1 / 45 + u2 * 2 / 945))
+    return 0.5 + 0.5 * np.where(small, series, exact)
+
+
+class Bernoulli:
+    """Bernoulli with logits; data in [0, 1] (binary for a true likelihood)."""
+
+    name = "bernoulli"
+
+    def __init__(self, x_dim: int, dtype=np.float32):
+        self.params: dict[str, np.ndarray] = {}
+
+    def check_data(self, name: str, x: np.ndarray) -> None:
+        _checks.in_unit_interval(name, x)
+
+    def forward(self, x: np.ndarray, logits: np.ndarray):
+        return _bernoulli_part(x, logits).sum(axis=1), (x, logits)
+
+    def backward(self, dlogp: np.ndarray, cache):
+        """d/dl (x l - softplus(l)) = x - sigmoid(l)."""
+        x, logits = cache
+        return dlogp[:, None] * (x - sigmoid(logits)), {}
+
+    def mean(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
+    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (rng.random(logits.shape) < sigmoid(logits)).astype(logits.dtype)
+
+
+class ContinuousBernoulli(Bernoulli):
+    """Continuous Bernoulli with logits: a normalised density for grey values in [0, 1]."""
+
+    name = "cbernoulli"
+
+    def forward(self, x: np.ndarray, logits: np.ndarray):
+        logp = (_bernoulli_part(x, logits) + cb_log_norm(logits)).sum(axis=1)
+        return logp, (x, logits)
+
+    def backward(self, dlogp: np.ndarray, cache):
+        x, logits = cache
+        return dlogp[:, None] * (x - sigmoid(logits) + cb_log_norm_grad(logits)), {}
+
+    def mean(self, logits: np.ndarray) -> np.ndarray:
+        return cb_mean(logits).astype(logits.dtype, copy=False)
+
+    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Inverse CDF: x = log(1 + u (e^l - 1)) / l, written so that e^l is never formed."""
+        u = rng.random(logits.shape)
+        a = np.abs(logits)
+        small = a < 1e-6
+        a_safe = np.where(small, 1, a)
+        # For l > 0 use log(u e^l + 1 - u) = l + log(u + (1 - u) e^-l); for l < 0, x(l, u) = 1 - x(-l, 1 - u).
+        v = np.where(logits >= 0, u, 1 - u)
+        t = (a_safe + np.log(v + (1 - v) * np.exp(-a_safe))) / a_safe
+        x = np.where(logits >= 0, t, 1 - t)
+        return np.clip(np.where(small, u, x), 0, 1).astype(logits.dtype)
+
+
+class Gaussian:
+    """Gaussian with mean = decoder output and a fixed standard deviation ``sigma``."""
+
+    name = "gaussian"
+
+    def __init__(self, x_dim: int, dtype=np.float32, sigma: float = 1.0):
+        self.sigma = _checks.positive_float("sigma", sigma)
+        self.params: dict[str, np.ndarray] = {}
+
+    def check_data(self, name: str, x: np.ndarray) -> None:
+        """Any finite value is in the support."""
+
+    def forward(self, x: np.ndarray, mean: np.ndarray):
+        r = (x - mean) / x.dtype.type(self.sigma)
+        d = x.shape[1]
+        logp = -0.5 * np.sum(r * r, axis=1) - d * (np.log(self.sigma) + 0.5 * LOG_2PI)
+        return logp.astype(x.dtype, copy=False), r
+
+    def backward(self, dlogp: np.ndarray, r):
+        """d/dm of -(x - m)^2 / (2 sigma^2) = (x - m) / sigma^2 = r / sigma."""
+        return dlogp[:, None] * r / r.dtype.type(self.sigma), {}
+
+    def mean(self, out: np.ndarray) -> np.ndarray:
+        return out
+
+    def sample(self, out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (out + self.sigma * rng.standard_normal(out.shape)).astype(out.dtype)
+
+
+class GaussianLearned:
+    """Gaussian with mean = decoder output and a learned log-variance per data dimension."""
+
+    name = "gaussian_learned"
+
+    def __init__(self, x_dim: int, dtype=np.float32):
+        self.params = {"logvar": np.zeros(_checks.positive_int("x_dim", x_dim), dtype=dtype)}
+
+    def check_data(self, name: str, x: np.ndarray) -> None:
+        """Any finite value is in the support."""
+
+    def forward(self, x: np.ndarray, mean: np.ndarray):
+        s = self.params["logvar"]
+        inv_var = np.exp(-s)
+        diff = x - mean
+        logp = -0.5 * np.sum(diff * diff * inv_var + s + LOG_2PI, axis=1)
+        return logp.astype(x.dtype, copy=False), (diff, inv_var)
+
+    def backward(self, dlogp: np.ndarray, cache):
+        """d/dm = (x - m) e^{-s};  d/ds = ((x - m)^2 e^{-s} - 1) / 2, summed over examples."""
+        diff, inv_var = cache
+        w = diff * inv_var
+        dmean = dlogp[:, None] * w
+        dlogvar = 0.5 * (dlogp @ (diff * w) - dlogp.sum())
+        return dmean, {"logvar": dlogvar.astype(diff.dtype, copy=False)}
+
+    def mean(self, out: np.ndarray) -> np.ndarray:
+        return out
+
+    def sample(self, out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        std = np.exp(0.5 * self.params["logvar"])
+        return (out + std * rng.standard_normal(out.shape)).astype(out.dtype)
+
+
+LIKELIHOODS = {
+    cls.name: cls for cls in (Bernoulli, ContinuousBernoulli, Gaussian, GaussianLearned)
+}
+
+
+def make_likelihood(name: str, x_dim: int, dtype=np.float32, *, sigma: float = 1.0):
+    """The likelihood called ``name`` (one of LIKELIHOODS) for ``x_dim``-dimensional data."""
+    cls = LIKELIHOODS[_checks.choice("likelihood", name, tuple(LIKELIHOODS))]
+    if cls is Gaussian:
+        return cls(x_dim, dtype, sigma=sigma)
+    return cls(x_dim, dtype)

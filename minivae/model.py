@@ -1,0 +1,280 @@
+"""The Variational Autoencoder: encode -> sample -> decode -> loss, then the backward in reverse.
+
+    encoder MLP:   h = [x, y]              ->  [mu, logvar]         (q(z|x) = N(mu, exp(logvar)))
+    sample:        z = mu + exp(logvar/2) * eps,  eps ~ N(0, I)     (L samples per input)
+    decoder MLP:   [z, y]                  ->  out                  (logits or mean of p(x|z))
+    loss:          -ELBO = -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I))
+
+``y`` is the optional one-hot class label of a conditional VAE. The reconstruction term is summed
+over the data dimensions; both terms are averaged over the batch (``reduction="mean"``, nats per
+example) or summed (``reduction="sum"``). ``VAE.loss`` returns the loss, its two terms and the
+gradient of every parameter in one call. Derivations: docs/derivations.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minivae import _checks
+from minivae.latent import (
+    gaussian_log_density,
+    kl_backward,
+    kl_forward,
+    reparameterize_backward,
+    reparameterize_forward,
+)
+from minivae.layers import ACTIVATIONS, MLP
+from minivae.likelihoods import LIKELIHOODS, make_likelihood
+
+# IWAE evaluation decodes K samples per example in chunks of at most this many output elements
+# (2^22 floats = 16 MiB in float32), so K = 5000 at 784 dimensions never holds more than ~50 MiB.
+IWAE_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass
+class LossResult:
+    """One evaluation of -ELBO with its gradients.
+
+    ``loss`` is the objective as optimised (per example for "mean", total for "sum"); ``recon`` and
+    ``kl`` are always per-example means in nats, so ``-(recon + kl)`` is the ELBO per example
+    (with beta = 1). ``grads`` maps every parameter name to its gradient of ``loss``.
+    """
+
+    loss: float
+    recon: float
+    kl: float
+    grads: dict[str, np.ndarray] = field(repr=False)
+    recon_per_example: np.ndarray = field(repr=False)
+    kl_per_example: np.ndarray = field(repr=False)
+
+    @property
+    def elbo(self) -> float:
+        return -(self.recon + self.kl)
+
+
+@dataclass(frozen=True)
+class IWAEResult:
+    """Importance-weighted estimate of log p(x) per example (nats) with its summary."""
+
+    log_px: np.ndarray
+
+    @property
+    def nll(self) -> float:
+        """Mean negative log-likelihood estimate in nats per example."""
+        return float(-self.log_px.mean())
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of ``nll`` over the examples."""
+        n = self.log_px.size
+        return float(self.log_px.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+class VAE:
+    """A VAE with MLP encoder and decoder.
+
+    Args:
+        x_dim: data dimension D.
+        z_dim: latent dimension d.
+        hidden: widths of the encoder's hidden layers; the decoder mirrors them.
+        activation: one of relu, leaky_relu, elu, tanh, sigmoid, softplus.
+        likelihood: one of bernoulli, cbernoulli, gaussian, gaussian_learned.
+        n_classes: > 0 for a conditional VAE (labels 0..n_classes-1 are fed one-hot to both nets).
+        sigma: the fixed standard deviation of the "gaussian" likelihood.
+        dtype: "float32" (default) or "float64".
+        rng: the generator that draws the initial weights (PyTorch's nn.Linear scheme).
+    """
+
+    def __init__(self, x_dim: int, z_dim: int = 20, hidden=(400,), *, activation: str = "relu",
+                 likelihood: str = "bernoulli", n_classes: int = 0, sigma: float = 1.0,
+                 dtype="float32", rng: np.random.Generator):
+        self.x_dim = _checks.positive_int("x_dim", x_dim)
+        self.z_dim = _checks.positive_int("z_dim", z_dim)
+        self.hidden = _checks.sizes("hidden", hidden)
+        _checks.choice("activation", activation, tuple(ACTIVATIONS))
+        _checks.choice("likelihood", likelihood, tuple(LIKELIHOODS))
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 0:
+            raise ValueError(f"n_classes must be an integer >= 0, got {n_classes!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        self.n_classes = int(n_classes)
+        self.dtype = _checks.float_dtype("dtype", dtype)
+        self.activation = activation
+        c = self.n_classes
+        self.encoder = MLP((x_dim + c, *self.hidden, 2 * z_dim), activation, rng, self.dtype)
+        self.decoder = MLP((z_dim + c, *self.hidden[::-1], x_dim), activation, rng, self.dtype)
+        self.likelihood = make_likelihood(likelihood, x_dim, self.dtype, sigma=sigma)
+        # One flat view of every parameter: these are the arrays the layers compute with.
+        self.params: dict[str, np.ndarray] = {
+            **{f"enc.{k}": v for k, v in self.encoder.params.items()},
+            **{f"dec.{k}": v for k, v in self.decoder.params.items()},
+            **{f"lik.{k}": v for k, v in self.likelihood.params.items()},
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # input checks
+
+    def _check_x(self, x, name: str = "x") -> np.ndarray:
+        x = _checks.finite_array(name, x, dtype=self.dtype, shape=(None, self.x_dim))
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one example, got shape {x.shape}")
+        self.likelihood.check_data(name, x)
+        return x
+
+    def one_hot(self, y, n: int) -> np.ndarray | None:
+        """Labels (n,) -> one-hot (n, n_classes); None for an unconditional model."""
+        if self.n_classes == 0:
+            if y is not None:
+                raise ValueError("y was given but the model is not conditional (n_classes = 0)")
+            return None
+        if y is None:
+            raise ValueError(f"y (labels in 0..{self.n_classes - 1}) is required: the model is "
+                             "conditional")
+        y = np.asarray(y)
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"y must be {n} integer labels, got dtype {y.dtype} shape {y.shape}")
+        if n and (y.min() < 0 or y.max() >= self.n_classes):
+            raise ValueError(f"y must lie in 0..{self.n_classes - 1}, got [{y.min()}, {y.max()}]")
+        return np.eye(self.n_classes, dtype=self.dtype)[y]
+
+    def _cat(self, a: np.ndarray, y1: np.ndarray | None) -> np.ndarray:
+        return a if y1 is None else np.concatenate([a, y1], axis=1)
+
+    def draw_eps(self, n: int, rng: np.random.Generator, n_samples: int = 1) -> np.ndarray:
+        """eps ~ N(0, I) of shape (n_samples, n, z_dim) from ``rng``, in the model's dtype."""
+        return rng.standard_normal((n_samples, n, self.z_dim), dtype=self.dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # forward pieces, usable on their own (pictures, evaluation)
+
+    def encode(self, x, y=None):
+        """x (N, D) -> (mu, logvar), each (N, d)."""
+        x = self._check_x(x)
+        out, _ = self.encoder.forward(self._cat(x, self.one_hot(y, len(x))))
+        return out[:, : self.z_dim], out[:, self.z_dim :]
+
+    def decode(self, z, y=None) -> np.ndarray:
+        """z (N, d) -> decoder output (logits or means), (N, D)."""
+        z = _checks.finite_array("z", z, dtype=self.dtype, shape=(None, self.z_dim))
+        out, _ = self.decoder.forward(self._cat(z, self.one_hot(y, len(z))))
+        return out
+
+    def reconstruct(self, x, y=None) -> np.ndarray:
+        """The likelihood's mean at z = mu: a deterministic reconstruction of x."""
+        mu, _ = self.encode(x, y)
+        return self.likelihood.mean(self.decode(mu, y))
+
+    # ------------------------------------------------------------------------------------------
+    # the loss and its gradients, top to bottom and back
+
+    def loss(self, x, y=None, *, eps=None, rng: np.random.Generator | None = None,
+             n_samples: int = 1, beta: float = 1.0, reduction: str = "mean",
+             check: bool = True) -> LossResult:
+        """-ELBO of a batch and the gradient of every parameter.
+
+        x: (N, D) data; y: (N,) labels for a conditional model. eps: (L, N, d) noise, or None to
+        draw L = ``n_samples`` samples from ``rng``. ``check=False`` skips the input checks (the
+        training loop checks its data once, up front).
+        """
+        beta = _checks.non_negative_float("beta", beta)
+        _checks.choice("reduction", reduction, ("mean", "sum"))
+        if check:
+            x = self._check_x(x)
+        n, d = x.shape[0], self.z_dim
+        if eps is None:
+            if rng is None:
+                raise ValueError("give eps or rng: every random draw comes from an explicit generator")
+            eps = self.draw_eps(n, rng, _checks.positive_int("n_samples", n_samples))
+        elif check:
+            eps = _checks.finite_array("eps", eps, dtype=self.dtype, ndim=3)
+            if eps.shape[1:] != (n, d):
+                raise ValueError(f"eps must have shape (L, {n}, {d}), got {eps.shape}")
+        n_samples = eps.shape[0]
+        y1 = self.one_hot(y, n)
+
+        # forward: encode, sample, decode, score
+        enc_out, enc_cache = self.encoder.forward(self._cat(x, y1))
+        mu, logvar = enc_out[:, :d], enc_out[:, d:]
+        z, z_cache = reparameterize_forward(mu, logvar, eps)  # (L, N, d)
+        y1_rep = None if y1 is None else np.tile(y1, (n_samples, 1))
+        out, dec_cache = self.decoder.forward(self._cat(z.reshape(n_samples * n, d), y1_rep))
+        x_rep = x if n_samples == 1 else np.tile(x, (n_samples, 1))
+        logp, lik_cache = self.likelihood.forward(x_rep, out)
+        recon = -logp.reshape(n_samples, n).mean(axis=0)  # (N,): -E_q[log p(x|z)], L-sample MC
+        kl = kl_forward(mu, logvar)  # (N,)
+        scale = 1.0 / n if reduction == "mean" else 1.0
+        loss = scale * float(np.sum(recon + beta * kl))
+        self._check_finite_loss(loss, recon, kl)
+
+        # backward: the same steps in reverse order
+        dlogp = np.full(n_samples * n, -scale / n_samples, dtype=self.dtype)
+        dout, lik_grads = self.likelihood.backward(dlogp, lik_cache)
+        ddec_in, dec_grads = self.decoder.backward(dout, dec_cache)
+        dz = ddec_in[:, :d].reshape(n_samples, n, d)
+        dmu, dlogvar = reparameterize_backward(dz, z_cache)
+        dmu_kl, dlogvar_kl = kl_backward(np.full(n, beta * scale, dtype=self.dtype), mu, logvar)
+        denc_out = np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
+        _, enc_grads = self.encoder.backward(denc_out, enc_cache, need_dx=False)
+
+        grads = {
+            **{f"enc.{k}": v for k, v in enc_grads.items()},
+            **{f"dec.{k}": v for k, v in dec_grads.items()},
+            **{f"lik.{k}": v for k, v in lik_grads.items()},
+        }
+        return LossResult(loss, float(recon.mean()), float(kl.mean()), grads, recon, kl)
+
+    @staticmethod
+    def _check_finite_loss(loss: float, recon: np.ndarray, kl: np.ndarray) -> None:
+        if not math.isfinite(loss):
+            where = "reconstruction" if not np.isfinite(recon).all() else "KL"
+            raise FloatingPointError(f"the loss is not finite ({loss}): the {where} term overflowed")
+
+    # ------------------------------------------------------------------------------------------
+    # evaluation and generation
+
+    def iwae(self, x, y=None, *, k: int = 5000, rng: np.random.Generator,
+             batch_size: int = 100) -> IWAEResult:
+        """Importance-weighted bound log p(x) >= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x).
+
+        The log-weights of all K samples are kept in float64 (K * batch floats) and combined with
+        a stable log-mean-exp; the decoder sees at most IWAE_CHUNK_ELEMENTS outputs at a time.
+        K = 1 gives a one-sample ELBO; the bound tightens as K grows (Burda et al., 2015).
+        """
+        k = _checks.positive_int("k", k)
+        batch_size = _checks.positive_int("batch_size", batch_size)
+        x = self._check_x(x)
+        y1_all = self.one_hot(y, len(x))
+        out_log_px = np.empty(len(x))
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            y1 = None if y1_all is None else y1_all[start : start + batch_size]
+            nb = len(xb)
+            enc_out, _ = self.encoder.forward(self._cat(xb, y1))
+            mu, logvar = enc_out[:, : self.z_dim], enc_out[:, self.z_dim :]
+            log_w = np.empty((k, nb))
+            chunk = max(1, IWAE_CHUNK_ELEMENTS // (nb * self.x_dim))
+            for s in range(0, k, chunk):
+                m = min(chunk, k - s)
+                eps = self.draw_eps(nb, rng, m)
+                z, _ = reparameterize_forward(mu, logvar, eps)
+                y1_rep = None if y1 is None else np.tile(y1, (m, 1))
+                out, _ = self.decoder.forward(self._cat(z.reshape(m * nb, self.z_dim), y1_rep))
+                logp, _ = self.likelihood.forward(np.tile(xb, (m, 1)), out)
+                # log q(z|x) with z - mu = std * eps: -1/2 sum(eps^2 + logvar + log 2 pi)
+                log_q = gaussian_log_density(eps.astype(np.float64), 0.0, 0.0) \
+                    - 0.5 * logvar.astype(np.float64).sum(axis=1)
+                log_prior = gaussian_log_density(z.astype(np.float64))
+                log_w[s : s + m] = logp.reshape(m, nb) + log_prior - log_q
+            top = log_w.max(axis=0)
+            out_log_px[start : start + nb] = top + np.log(np.mean(np.exp(log_w - top), axis=0))
+        return IWAEResult(out_log_px)
+
+    def sample(self, n: int, rng: np.random.Generator, y=None, *, mean: bool = True) -> np.ndarray:
+        """n draws from the model: z ~ N(0, I), then the likelihood's mean (or a sample) of x."""
+        n = _checks.positive_int("n", n)
+        z = rng.standard_normal((n, self.z_dim), dtype=self.dtype)
+        out = self.decode(z, y)
+        return self.likelihood.mean(out) if mean else self.likelihood.sample(out, rng)
