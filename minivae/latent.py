@@ -39,7 +39,7 @@ def reparameterize_backward(dz: np.ndarray, cache):
 def kl_forward(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """KL(N(mu, exp(logvar)) || N(0, I)) per example, in nats: (N, d) -> (N,).
 
-    KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j); expm1 keeps it exact near logvar = 0.
+    KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j); expm1 keeps it accurate near logvar = 0.
     """
     return 0.5 * np.sum(mu * mu + np.expm1(logvar) - logvar, axis=1)
 

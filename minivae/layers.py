@@ -200,7 +200,7 @@ class MLP:
         self.sizes = sizes
         self.layers: list[Linear | Activation] = []
         self.params: dict[str, np.ndarray] = {}
-        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             if i:
                 self.layers.append(Activation(activation, **activation_kwargs))
             lin = Linear(d_in, d_out, rng, dtype)

@@ -1,0 +1,1 @@
+"""minivae benchmarks: ``python -m bench --help``."""

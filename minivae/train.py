@@ -1,0 +1,508 @@
+"""Training runs: the loop, checkpoints that survive crashes, exact resume, metrics and pictures.
+
+A run directory holds::
+
+    config.json          the fully resolved configuration
+    metrics.jsonl        one JSON record per epoch
+    checkpoint.safetensors  parameters + optimiser state (tensors) and, in the header's metadata,
+                         the epoch, the step within it and the generator's state (JSON); written
+                         atomically (temporary file + rename), so it is always a complete checkpoint
+    summary.json         final test -ELBO and IWAE NLL (with standard errors)
+    *.png                pictures (see minivae.pictures)
+
+Every random draw of a run (batch order, eps, binarization) comes from generators derived from the
+run's seed, and their state is saved in every checkpoint, so ``resume`` ends with bitwise the weights
+of an uninterrupted run (on the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from minivae import _checks
+from minivae.layers import ACTIVATIONS
+from minivae.likelihoods import LIKELIHOODS
+from minivae.model import VAE
+from minivae.optim import clip_grad_norm, make_optimizer
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT_VERSION = 1
+
+
+class RunError(ValueError):
+    """A run directory or checkpoint that cannot be used (missing, foreign, corrupt, mismatched)."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN or inf during training."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Saved as config.json; ``from_dict`` checks every field."""
+
+    data: str = "digits"
+    data_dir: str | None = None
+    key: str | None = None
+    binarize: str = "dynamic"  # none | static | dynamic
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    hidden: tuple[int, ...] = (128,)
+    z_dim: int = 8
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    sigma: float = 1.0
+    conditional: bool = False
+    dtype: str = "float32"
+    epochs: int = 50
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    clip: float | None = None
+    patience: int | None = None
+    n_samples: int = 1
+    seed: int = 0
+    iwae_k: int = 1000
+    on_nonfinite: str = "stop"  # stop | skip
+    pictures: bool = True
+    backend: str = "numpy"
+
+    def __post_init__(self) -> None:
+        self.hidden = _checks.sizes("hidden", self.hidden)
+        for name in ("z_dim", "epochs", "batch_size", "n_samples", "iwae_k"):
+            setattr(self, name, _checks.positive_int(name, getattr(self, name)))
+        for name in ("lr", "momentum", "weight_decay", "beta"):
+            setattr(self, name, _checks.non_negative_float(name, getattr(self, name)))
+        self.sigma = _checks.positive_float("sigma", self.sigma)
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
+                or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.clip is not None:
+            self.clip = _checks.positive_float("clip", self.clip)
+        if self.patience is not None:
+            self.patience = _checks.positive_int("patience", self.patience)
+        for name in ("val_fraction", "test_fraction"):
+            v = _checks.non_negative_float(name, getattr(self, name))
+            if v >= 0.5:
+                raise ValueError(f"{name} must be in [0, 0.5), got {v}")
+            setattr(self, name, v)
+        _checks.choice("binarize", self.binarize, ("none", "static", "dynamic"))
+        _checks.choice("activation", self.activation, tuple(ACTIVATIONS))
+        _checks.choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
+        _checks.choice("optimizer", self.optimizer, ("sgd", "adam", "adamw"))
+        _checks.choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _checks.float_dtype("dtype", self.dtype)
+        self.dtype = str(np.dtype(self.dtype))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration key {unknown[0]!r}; known keys: "
+                             f"{', '.join(sorted(names))}")
+        return cls(**{k: tuple(v) if k == "hidden" else v for k, v in d.items()})
+
+    def beta_at(self, epoch: int) -> float:
+        """KL warm-up: beta grows linearly from beta/warmup to beta over the first epochs."""
+        if self.warmup_epochs == 0:
+            return self.beta
+        return self.beta * min(1.0, (epoch + 1) / self.warmup_epochs)
+
+
+@dataclass
+class RunState:
+    """Where a run stands; saved in the checkpoint's metadata."""
+
+    epoch: int = 0  # the epoch in progress (or next to start when step == 0)
+    step: int = 0  # batches of ``epoch`` already taken
+    global_step: int = 0
+    skipped_steps: int = 0
+    best_val: float = math.inf
+    epochs_since_best: int = 0
+    rng_state: dict = field(default_factory=dict)  # the training generator after the last step
+    epoch_rng_state: dict = field(default_factory=dict)  # ... at the start of ``epoch``
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # loss, recon, kl, n
+    done: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file in the same directory and rename: readers see old or new, never
+    a partial file. fsync before the rename so a crash cannot leave an empty file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text))
+
+
+def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
+                    state: RunState) -> None:
+    tensors = {f"param/{k}": v for k, v in model.params.items()}
+    tensors |= {f"optim/{k}": v for k, v in optimizer.state_dict().items()}
+    meta = {"format": "minivae-checkpoint", "version": str(FORMAT_VERSION),
+            "config": json.dumps(config.to_dict()), "state": json.dumps(dataclasses.asdict(state))}
+    _atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def read_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict, dict]:
+    """(config, state, params, optimiser state) of a run directory; RunError if unusable."""
+    path = Path(run_dir) / CHECKPOINT
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir} is not a directory (expected a run directory made by "
+                       "`minivae train`)")
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a minivae run directory: it has no {CHECKPOINT}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises several types on corrupt headers
+        raise RunError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if meta.get("format") != "minivae-checkpoint":
+        raise RunError(f"{path} is not a minivae checkpoint (no minivae metadata)")
+    try:
+        config = TrainConfig.from_dict(json.loads(meta["config"]))
+        state = RunState(**json.loads(meta["state"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path} has a damaged header: {e}") from None
+    params = {k[6:]: v for k, v in tensors.items() if k.startswith("param/")}
+    optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim/")}
+    return config, state, params, optim
+
+
+def build_model(config: TrainConfig, x_dim: int, n_classes: int) -> VAE:
+    return VAE(x_dim, config.z_dim, config.hidden, activation=config.activation,
+               likelihood=config.likelihood, n_classes=n_classes if config.conditional else 0,
+               sigma=config.sigma, dtype=config.dtype,
+               rng=np.random.default_rng([config.seed, 0]))
+
+
+def load_params(model: VAE, params: dict, where: str) -> None:
+    """Copy checkpoint arrays into the model, refusing any mismatch of names, shapes or dtypes."""
+    if set(params) != set(model.params):
+        missing = sorted(set(model.params) - set(params))
+        extra = sorted(set(params) - set(model.params))
+        raise RunError(f"{where} does not match its configuration: missing {missing}, "
+                       f"unexpected {extra}")
+    for k, v in params.items():
+        p = model.params[k]
+        if v.shape != p.shape or v.dtype != p.dtype:
+            raise RunError(f"{where}: parameter {k} is {v.dtype}{list(v.shape)}, the "
+                           f"configuration needs {p.dtype}{list(p.shape)}")
+        if not np.isfinite(v).all():
+            raise RunError(f"{where}: parameter {k} holds non-finite values")
+        p[...] = v
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _make_optimizer(config: TrainConfig, model: VAE):
+    kw: dict = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        kw["momentum"] = config.momentum
+    return make_optimizer(config.optimizer, model.params, **kw)
+
+
+def _record(run_dir: Path, rec: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """A crash between writing a metrics line and the checkpoint leaves a line for an epoch the
+    checkpoint does not have: drop lines past the checkpoint so the resumed run rewrites them."""
+    recs = [r for r in _read_metrics(run_dir) if r["epoch"] < epochs_done]
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint is written at a
+    step boundary and the run exits cleanly."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.hit = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: VAE
+    epochs_done: int
+    interrupted: bool
+    stopped_early: bool
+    summary: dict
+
+
+def _eval_loss(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict:
+    """-ELBO on held-out data with its own generator (so evaluating never perturbs training)."""
+    rng = np.random.default_rng([seed, salt])
+    y = ds.y if model.n_classes else None
+    res = model.loss(x, y, rng=rng, check=False)
+    per = res.recon_per_example + res.kl_per_example
+    return {"loss": res.recon + res.kl, "recon": res.recon, "kl": res.kl,
+            "stderr": float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None}
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
+          resume: bool = False, progress: bool = True, log: Callable[[str], None] | None = None,
+          max_steps: int | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run in ``run_dir``.
+
+    ``max_steps`` stops after that many optimiser steps in this call (for tests of resume).
+    """
+    from minivae import data as data_mod
+
+    log = log or (lambda s: print(s, file=sys.stderr))
+    run_dir = Path(run_dir)
+    if resume:
+        config, state, params, optim_state = read_checkpoint(run_dir)
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise RunError(f"run directory {run_dir} already exists and is not empty "
+                           "(use --overwrite to replace it, or --resume to continue it)")
+        state = RunState()
+
+    ds = data_mod.load_dataset(config.data, data_dir=config.data_dir, key=config.key)
+    if config.likelihood in ("bernoulli", "cbernoulli") and (ds.x.min() < 0 or ds.x.max() > 1):
+        raise ValueError(f"data {config.data!r} has values outside [0, 1]: the "
+                         f"{config.likelihood} likelihood needs data in [0, 1]")
+    if config.conditional and ds.y is None:
+        raise ValueError(f"conditional=True needs labels, and data {config.data!r} has none")
+    if config.binarize != "none" and config.likelihood not in ("bernoulli",):
+        log(f"note: binarize={config.binarize} with the {config.likelihood} likelihood")
+    train_ds, val_ds, test_ds = data_mod.split(ds, val_fraction=config.val_fraction,
+                                               test_fraction=config.test_fraction, seed=config.seed)
+    model = build_model(config, ds.x.shape[1], ds.n_classes)
+    optimizer = _make_optimizer(config, model)
+    binarizer = data_mod.Binarizer(config.binarize, config.seed)
+    # held-out sets are binarized once, with a fixed seed (the usual protocol for test sets)
+    eval_bin = data_mod.Binarizer("static" if config.binarize != "none" else "none",
+                                  config.seed + 1)
+    val_x = eval_bin(val_ds.x.astype(model.dtype), 0) if len(val_ds.x) else None
+    test_x = eval_bin(test_ds.x.astype(model.dtype), 0) if len(test_ds.x) else None
+
+    if resume:
+        load_params(model, params, str(run_dir / CHECKPOINT))
+        try:
+            optimizer.load_state_dict(optim_state)
+        except ValueError as e:
+            raise RunError(f"{run_dir / CHECKPOINT}: optimiser state does not match: {e}") from None
+        _truncate_metrics(run_dir, state.epoch)
+        if state.done:
+            log(f"{run_dir} is already complete ({state.epoch} epochs)")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.jsonl", "summary.json", CHECKPOINT):
+            (run_dir / stale).unlink(missing_ok=True)
+        state.rng_state = np.random.default_rng([config.seed, 1]).bit_generator.state
+        state.epoch_rng_state = state.rng_state
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+
+    rng = np.random.default_rng()
+    n = len(train_ds.x)
+    n_batches = math.ceil(n / config.batch_size)
+    steps_this_call = 0
+    interrupted = stopped_early = False
+    xtrain = train_ds.x.astype(model.dtype)
+    t0 = time.perf_counter()
+    with _Interrupt() as intr:
+        while not state.done and state.epoch < config.epochs:
+            epoch = state.epoch
+            # the batch order is drawn at the start of the epoch; a mid-epoch resume redraws it
+            rng.bit_generator.state = state.epoch_rng_state
+            perm = rng.permutation(n)
+            if state.step:
+                rng.bit_generator.state = state.rng_state
+            x_epoch = binarizer(xtrain, epoch).astype(model.dtype, copy=False)
+            beta = config.beta_at(epoch)
+            bar = _progress(progress, n_batches, state.step, f"epoch {epoch + 1}/{config.epochs}")
+            try:
+                while state.step < n_batches:
+                    idx = perm[state.step * config.batch_size:(state.step + 1) * config.batch_size]
+                    yb = train_ds.y[idx] if model.n_classes else None
+                    res = model.loss(x_epoch[idx], yb, rng=rng, beta=beta,
+                                     n_samples=config.n_samples, check=False)
+                    bad = _first_nonfinite(res)
+                    if bad is not None:
+                        msg = (f"non-finite {bad} at epoch {epoch + 1}, step {state.step + 1} "
+                               f"(global step {state.global_step + 1})")
+                        if config.on_nonfinite == "stop":
+                            raise NonFiniteError(msg + "; the last good checkpoint is kept")
+                        state.skipped_steps += 1
+                        log(f"skipped: {msg}")
+                    else:
+                        if config.clip is not None:
+                            clip_grad_norm(res.grads, config.clip)
+                        optimizer.step(res.grads)
+                        s = state.sums
+                        s[0] += res.loss * len(idx)
+                        s[1] += res.recon * len(idx)
+                        s[2] += res.kl * len(idx)
+                        s[3] += len(idx)
+                    state.step += 1
+                    state.global_step += 1
+                    steps_this_call += 1
+                    state.rng_state = rng.bit_generator.state
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{res.loss:.2f}", recon=f"{res.recon:.2f}",
+                                        kl=f"{res.kl:.2f}")
+                    if intr.hit or (max_steps is not None and steps_this_call >= max_steps):
+                        interrupted = True
+                        break
+            except FloatingPointError as e:
+                raise NonFiniteError(str(e) + " (the last good checkpoint is kept)") from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            if interrupted:
+                save_checkpoint(run_dir, model, optimizer, config, state)
+                log(f"interrupted: checkpoint saved at epoch {epoch + 1}, step {state.step}; "
+                    f"continue with `minivae train --resume {run_dir}`")
+                break
+
+            s = state.sums
+            rec = {"epoch": epoch, "beta": beta, "train_loss": s[0] / max(s[3], 1),
+                   "train_recon": s[1] / max(s[3], 1), "train_kl": s[2] / max(s[3], 1),
+                   "skipped_steps": state.skipped_steps,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            if val_x is not None:
+                v = _eval_loss(model, val_ds, val_x, config.seed, 2)
+                rec |= {"val_loss": v["loss"], "val_recon": v["recon"], "val_kl": v["kl"]}
+                if v["loss"] < state.best_val:
+                    state.best_val, state.epochs_since_best = v["loss"], 0
+                else:
+                    state.epochs_since_best += 1
+            _record(run_dir, rec)
+            log(f"epoch {epoch + 1:3d}/{config.epochs}  train -ELBO {rec['train_loss']:8.3f} "
+                f"(recon {rec['train_recon']:.3f}, KL {rec['train_kl']:.3f})"
+                + (f"  val -ELBO {rec['val_loss']:8.3f}" if "val_loss" in rec else ""))
+            state.epoch, state.step, state.sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
+            state.epoch_rng_state = state.rng_state
+            if config.patience is not None and state.epochs_since_best >= config.patience:
+                stopped_early = True
+                log(f"early stop: validation -ELBO has not improved for {config.patience} epochs")
+            if stopped_early or state.epoch >= config.epochs:
+                state.done = True
+            save_checkpoint(run_dir, model, optimizer, config, state)
+            if stopped_early:
+                break
+
+    summary: dict = {}
+    if state.done and not interrupted:
+        summary = _finish(run_dir, config, model, test_ds, test_x, state, log)
+    return TrainResult(run_dir, model, state.epoch, interrupted, stopped_early, summary)
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, none in logs and pipes
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, disable=None,
+                file=sys.stderr)
+
+
+def _first_nonfinite(res) -> str | None:
+    if not math.isfinite(res.loss):
+        return "loss"
+    for k, g in res.grads.items():
+        if not np.isfinite(g).all():
+            return f"gradient of {k}"
+    return None
+
+
+def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, state: RunState,
+            log) -> dict:
+    """Test -ELBO, IWAE NLL and pictures at the end of a run."""
+    summary: dict = {"epochs": state.epoch, "steps": state.global_step,
+                     "skipped_steps": state.skipped_steps}
+    if test_x is not None:
+        t = _eval_loss(model, test_ds, test_x, config.seed, 3)
+        y = test_ds.y if model.n_classes else None
+        iw = model.iwae(test_x, y, k=config.iwae_k, rng=np.random.default_rng([config.seed, 4]))
+        summary |= {"test_elbo_loss": t["loss"], "test_elbo_loss_stderr": t["stderr"],
+                    "test_recon": t["recon"], "test_kl": t["kl"], "iwae_k": config.iwae_k,
+                    "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": iw.stderr,
+                    "n_test": len(test_x)}
+        log(f"test -ELBO {t['loss']:.3f} +- {t['stderr']:.3f} nats, IWAE (K={config.iwae_k}) "
+            f"NLL {iw.nll:.3f} +- {iw.stderr:.3f} nats  ({len(test_x)} test examples)")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if config.pictures and test_x is not None:
+        from minivae import pictures
+
+        shape = getattr(test_ds, "image_shape", None)
+        made = pictures.make_all(model, test_x, test_ds.y, shape, run_dir,
+                                 np.random.default_rng([config.seed, 5]),
+                                 metrics=_read_metrics(run_dir))
+        log(f"pictures: {', '.join(p.name for p in made)}")
+    log(f"run saved in {run_dir}")
+    return summary

@@ -1,0 +1,132 @@
+"""Likelihoods: gradients vs finite differences at extreme logits, and the densities are normalised."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import ATOL, RTOL, batch, rng_of, seeds, width, with_extremes
+
+from minivae.gradcheck import check_function, gradcheck
+from minivae.likelihoods import (
+    CB_SERIES_BELOW,
+    LIKELIHOODS,
+    cb_log_norm,
+    cb_log_norm_grad,
+    cb_mean,
+    make_likelihood,
+)
+
+
+def _data(name, rng, shape):
+    if name == "bernoulli":
+        return (rng.random(shape) < 0.5).astype(float)
+    if name == "cbernoulli":
+        x = rng.random(shape)
+        x[rng.random(shape) < 0.2] = 0.0  # all-black and all-white pixels are in the support
+        x[rng.random(shape) < 0.2] = 1.0
+        return x
+    return rng.normal(0, 2, shape)
+
+
+def _out(name, rng, shape, regime):
+    if name in ("bernoulli", "cbernoulli"):
+        if regime == "near_half":  # continuous Bernoulli near lambda = 1/2, either side of the series
+            return rng.uniform(-2 * CB_SERIES_BELOW, 2 * CB_SERIES_BELOW, shape)
+        if regime == "tiny":
+            return rng.uniform(-1e-4, 1e-4, shape)
+        return with_extremes(rng, shape, 3.0, 30.0)  # lambda near 0 and 1: logits up to +-30
+    return rng.normal(0, 3, shape)
+
+
+@given(name=st.sampled_from(sorted(LIKELIHOODS)), n=batch, d=width, seed=seeds,
+       regime=st.sampled_from(["extreme", "near_half", "tiny"]))
+def test_likelihood_gradient_matches_finite_differences(name, n, d, seed, regime):
+    rng = rng_of(seed)
+    lik = make_likelihood(name, d, np.float64, sigma=0.7)
+    x = _data(name, rng, (n, d))
+    out = _out(name, rng, (n, d), regime)
+    if name == "gaussian_learned":
+        lik.params["logvar"][:] = rng.uniform(-3, 3, d)
+        dlogp = rng.normal(size=n)
+        logp, cache = lik.forward(x, out)
+        dout, g = lik.backward(dlogp, cache)
+        res = gradcheck(lambda: float(dlogp @ lik.forward(x, out)[0]),
+                        {"out": out, "logvar": lik.params["logvar"]},
+                        {"out": dout, "logvar": g["logvar"]}, rtol=RTOL, atol=ATOL)
+    else:
+        res = check_function(lambda out: lik.forward(x, out),
+                             lambda dlogp, cache: (lik.backward(dlogp, cache)[0],),
+                             {"out": out}, rng=rng, rtol=RTOL, atol=ATOL)
+    assert res.ok, str(res)
+
+
+@pytest.mark.parametrize("logit", [0.0, 1e-7, -3e-3, 0.0999, 0.1, 0.1001, -0.5, 5.0, -40.0, 1e4])
+def test_continuous_bernoulli_density_integrates_to_one(logit):
+    lik = make_likelihood("cbernoulli", 1, np.float64)
+    xs = np.linspace(0, 1, 200_001)[:, None]
+    logp, _ = lik.forward(xs, np.full_like(xs, logit))
+    p = np.exp(logp)
+    # steep densities (|l| = 1e4) put their mass within 1e-4 of an end: integrate in log space there
+    if abs(logit) > 100:
+        # p(x) = |l| e^{-|l| (1-x)} / (1 - e^{-|l|}) for l > 0: its integral is 1 by construction;
+        # check the closed form at two points instead of a quadrature that cannot resolve it.
+        np.testing.assert_allclose(logp[-1], np.log(abs(logit)), rtol=1e-12)
+        return
+    assert np.trapezoid(p, xs[:, 0]) == pytest.approx(1.0, abs=1e-8)
+    mean = np.trapezoid(p * xs[:, 0], xs[:, 0])
+    assert cb_mean(np.array([logit]))[0] == pytest.approx(mean, abs=1e-8)
+
+
+def test_continuous_bernoulli_is_smooth_across_the_series_switch():
+    t = CB_SERIES_BELOW
+    for f in (cb_log_norm, cb_log_norm_grad, cb_mean):
+        below, above = f(np.array([t * (1 - 1e-12)])), f(np.array([t]))
+        np.testing.assert_allclose(below, above, rtol=1e-11)
+
+
+@given(logit=st.floats(-1e4, 1e4))
+def test_continuous_bernoulli_float32_agrees_with_float64(logit):
+    l64 = np.array([logit])
+    for f in (cb_log_norm, cb_log_norm_grad, cb_mean):
+        v32, v64 = f(l64.astype(np.float32)), f(l64)
+        assert np.isfinite(v32).all()
+        assert abs(float(v32[0]) - v64[0]) <= 2e-6 * max(1.0, abs(v64[0]))
+
+
+def test_continuous_bernoulli_samples_have_the_right_mean():
+    rng = rng_of(0)
+    lik = make_likelihood("cbernoulli", 1, np.float64)
+    for logit in (-8.0, -0.3, 0.0, 2e-7, 1.0, 25.0):
+        s = lik.sample(np.full((200_000, 1), logit), rng)
+        assert s.min() >= 0 and s.max() <= 1
+        se = s.std() / np.sqrt(s.size)
+        assert abs(s.mean() - cb_mean(np.array([logit]))[0]) < 5 * se + 1e-12
+
+
+def test_bernoulli_log_prob_is_finite_at_huge_logits():
+    lik = make_likelihood("bernoulli", 2, np.float32)
+    x = np.array([[1.0, 0.0]], dtype=np.float32)
+    logits = np.array([[-1e4, 1e4]], dtype=np.float32)
+    logp, cache = lik.forward(x, logits)
+    assert logp[0] == pytest.approx(-2e4)
+    dout, _ = lik.backward(np.ones(1, np.float32), cache)
+    np.testing.assert_array_equal(dout, [[1.0, -1.0]])
+
+
+def test_gaussian_log_prob_matches_the_closed_form():
+    lik = make_likelihood("gaussian", 3, np.float64, sigma=0.5)
+    x, m = np.array([[0.1, 0.2, 0.3]]), np.array([[0.0, 0.5, 0.3]])
+    expect = sum(-0.5 * ((a - b) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi)
+                 for a, b in zip(x[0], m[0], strict=True))
+    assert lik.forward(x, m)[0][0] == pytest.approx(expect, rel=1e-14)
+
+
+@pytest.mark.parametrize("name, match", [("poisson", "likelihood must be one of")])
+def test_unknown_likelihood_is_rejected(name, match):
+    with pytest.raises(ValueError, match=match):
+        make_likelihood(name, 3)
+
+
+def test_non_positive_sigma_is_rejected():
+    with pytest.raises(ValueError, match="sigma"):
+        make_likelihood("gaussian", 3, sigma=0.0)
