@@ -300,11 +300,16 @@ class TrainResult:
     summary: dict
 
 
-def _eval_loss(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict:
-    """-ELBO on held-out data with its own generator (so evaluating never perturbs training)."""
+def _eval_loss(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict | None:
+    """-ELBO on held-out data with its own generator (so evaluating never perturbs training);
+    None when it is not finite."""
     rng = np.random.default_rng([seed, salt])
     y = ds.y if model.n_classes else None
-    res = model.loss(x, y, rng=rng, check=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            res = model.loss(x, y, rng=rng, check=False)
+        except FloatingPointError:
+            return None
     per = res.recon_per_example + res.kl_per_example
     return {"loss": res.recon + res.kl, "recon": res.recon, "kl": res.kl,
             "stderr": float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None}
@@ -387,9 +392,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                 while state.step < n_batches:
                     idx = perm[state.step * config.batch_size:(state.step + 1) * config.batch_size]
                     yb = train_ds.y[idx] if model.n_classes else None
-                    res = model.loss(x_epoch[idx], yb, rng=rng, beta=beta,
-                                     n_samples=config.n_samples, check=False)
-                    bad = _first_nonfinite(res)
+                    # overflow is detected and reported below, not warned about
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        try:
+                            res = model.loss(x_epoch[idx], yb, rng=rng, beta=beta,
+                                             n_samples=config.n_samples, check=False)
+                            bad = _first_nonfinite(res)
+                        except FloatingPointError:
+                            res, bad = None, "loss"
                     if bad is not None:
                         msg = (f"non-finite {bad} at epoch {epoch + 1}, step {state.step + 1} "
                                f"(global step {state.global_step + 1})")
@@ -412,13 +422,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                     state.rng_state = rng.bit_generator.state
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{res.loss:.2f}", recon=f"{res.recon:.2f}",
-                                        kl=f"{res.kl:.2f}")
+                        if bad is None:
+                            bar.set_postfix(loss=f"{res.loss:.2f}", recon=f"{res.recon:.2f}",
+                                            kl=f"{res.kl:.2f}")
                     if intr.hit or (max_steps is not None and steps_this_call >= max_steps):
                         interrupted = True
                         break
-            except FloatingPointError as e:
-                raise NonFiniteError(str(e) + " (the last good checkpoint is kept)") from None
             finally:
                 if bar is not None:
                     bar.close()
@@ -435,15 +444,21 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                    "seconds": round(time.perf_counter() - t0, 3)}
             if val_x is not None:
                 v = _eval_loss(model, val_ds, val_x, config.seed, 2)
+                if v is None:
+                    msg = f"non-finite validation loss at epoch {epoch + 1}"
+                    if config.on_nonfinite == "stop":
+                        raise NonFiniteError(msg + "; the last good checkpoint is kept")
+                    log(msg)
+                    v = {"loss": None, "recon": None, "kl": None}
                 rec |= {"val_loss": v["loss"], "val_recon": v["recon"], "val_kl": v["kl"]}
-                if v["loss"] < state.best_val:
+                if v["loss"] is not None and v["loss"] < state.best_val:
                     state.best_val, state.epochs_since_best = v["loss"], 0
                 else:
                     state.epochs_since_best += 1
             _record(run_dir, rec)
             log(f"epoch {epoch + 1:3d}/{config.epochs}  train -ELBO {rec['train_loss']:8.3f} "
                 f"(recon {rec['train_recon']:.3f}, KL {rec['train_kl']:.3f})"
-                + (f"  val -ELBO {rec['val_loss']:8.3f}" if "val_loss" in rec else ""))
+                + (f"  val -ELBO {rec['val_loss']:8.3f}" if rec.get("val_loss") is not None else ""))
             state.epoch, state.step, state.sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
             state.epoch_rng_state = state.rng_state
             if config.patience is not None and state.epochs_since_best >= config.patience:
@@ -487,6 +502,11 @@ def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, sta
                      "skipped_steps": state.skipped_steps}
     if test_x is not None:
         t = _eval_loss(model, test_ds, test_x, config.seed, 3)
+        if t is None:
+            log("the test -ELBO is not finite: no evaluation, no pictures")
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary | {
+                "test_elbo_loss": None}, indent=2) + "\n")
+            return summary
         y = test_ds.y if model.n_classes else None
         iw = model.iwae(test_x, y, k=config.iwae_k, rng=np.random.default_rng([config.seed, 4]))
         summary |= {"test_elbo_loss": t["loss"], "test_elbo_loss_stderr": t["stderr"],

@@ -1,0 +1,179 @@
+"""Training-step throughput: minivae's NumPy reference against PyTorch eager on the same threads.
+
+The classic model of the VAE paper's MNIST experiments: 784-400-20 (ReLU, Bernoulli likelihood,
+Adam, batch 128, float32) on 28x28 inputs. The inputs are seeded random binary images: speed does
+not depend on what the pixels show, and the benchmark needs no download.
+
+Honest measuring on a noisy shared machine: the implementations run interleaved (ABAB rounds) in
+one process, each round a fixed number of steps after warm-up; we report the median and the
+minimum per step and the ratio of medians measured in the same run. The float32 matmul peak is
+measured in the same run with a large matmul, and the step's FLOP count (the GEMMs; elementwise
+work is not counted) gives the share of that peak the step reaches.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from minivae.model import VAE
+from minivae.optim import Adam
+
+X_DIM, HIDDEN, Z_DIM = 784, 400, 20
+N_TRAIN = 2048  # a pool of distinct batches, so no batch is always hot in cache
+
+
+def step_flops(batch: int, x_dim: int = X_DIM, hidden: int = HIDDEN, z_dim: int = Z_DIM) -> int:
+    """GEMM FLOPs of one training step: forward (2 m n k per Linear), dW for every layer, dX for
+    every layer but the first (the data needs no gradient)."""
+    layers = [(x_dim, hidden), (hidden, 2 * z_dim), (z_dim, hidden), (hidden, x_dim)]
+    fwd = sum(2 * batch * a * b for a, b in layers)
+    dx = sum(2 * batch * a * b for a, b in layers[1:])
+    return 2 * fwd + dx
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of the vendor BLAS on an n x n x n product (best of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    best = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def minivae_step(batch: int, seed: int = 0) -> Callable[[int], float]:
+    rng = np.random.default_rng(seed)
+    x = (rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32)
+    model = VAE(X_DIM, Z_DIM, (HIDDEN,), rng=rng)
+    opt = Adam(model.params, lr=1e-3)
+    n_batches = N_TRAIN // batch
+
+    def step(i: int) -> float:
+        k = i % n_batches
+        res = model.loss(x[k * batch:(k + 1) * batch], rng=rng, check=False)
+        opt.step(res.grads)
+        return res.loss
+
+    return step
+
+
+def torch_step(batch: int, seed: int = 0) -> Callable[[int], float] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(seed)
+    nn, F = torch.nn, torch.nn.functional
+
+    class TorchVAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc1, self.enc2 = nn.Linear(X_DIM, HIDDEN), nn.Linear(HIDDEN, 2 * Z_DIM)
+            self.dec1, self.dec2 = nn.Linear(Z_DIM, HIDDEN), nn.Linear(HIDDEN, X_DIM)
+
+        def forward(self, x):
+            h = self.enc2(F.relu(self.enc1(x)))
+            mu, logvar = h[:, :Z_DIM], h[:, Z_DIM:]
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            logits = self.dec2(F.relu(self.dec1(z)))
+            recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            return (recon + kl) / x.shape[0]
+
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy((rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32))
+    model = TorchVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n_batches = N_TRAIN // batch
+
+    def step(i: int) -> float:
+        k = i % n_batches
+        opt.zero_grad(set_to_none=False)
+        loss = model(x[k * batch:(k + 1) * batch])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def _round(step: Callable[[int], float], steps: int, start: int) -> tuple[float, int]:
+    """Seconds per step over ``steps`` steps, and the minor page faults per step."""
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = time.perf_counter()
+    for i in range(start, start + steps):
+        step(i)
+    dt = (time.perf_counter() - t) / steps
+    return dt, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+
+
+def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10) -> dict:
+    """Interleaved rounds of every implementation at each batch size."""
+    peak = matmul_peak()
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    out: dict = {"matmul_peak_gflops": peak, "torch_threads": threads, "results": []}
+    for batch in batches:
+        impls = {"minivae-numpy": minivae_step(batch)}
+        t = torch_step(batch)
+        if t is not None:
+            impls["torch-eager"] = t
+        for fn in impls.values():
+            for i in range(warmup):
+                fn(i)
+        times: dict[str, list[float]] = {k: [] for k in impls}
+        faults: dict[str, list[float]] = {k: [] for k in impls}
+        for r in range(rounds):
+            for name, fn in impls.items():
+                dt, pf = _round(fn, steps, warmup + r * steps)
+                times[name].append(dt)
+                faults[name].append(pf)
+        flops = step_flops(batch)
+        for name in impls:
+            med, best = statistics.median(times[name]), min(times[name])
+            out["results"].append({
+                "batch": batch, "impl": name, "median_ms": med * 1e3, "min_ms": best * 1e3,
+                "examples_per_s": batch / med, "gflops": flops / med / 1e9,
+                "share_of_peak": flops / med / 1e9 / peak,
+                "page_faults_per_step": statistics.median(faults[name]),
+            })
+        if "torch-eager" in impls:
+            out["results"].append({
+                "batch": batch, "impl": "ratio minivae-numpy / torch-eager (median throughput)",
+                "ratio": statistics.median(times["torch-eager"]) / statistics.median(
+                    times["minivae-numpy"]),
+            })
+    return out
+
+
+def table(res: dict) -> str:
+    lines = [f"float32 matmul peak (2048^3, same run): {res['matmul_peak_gflops']:.1f} GFLOP/s; "
+             f"torch threads: {res['torch_threads']}", "",
+             "| batch | implementation | median ms/step | min ms/step | examples/s | GFLOP/s "
+             "| share of peak | page faults/step |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        if "ratio" in r:
+            lines.append(f"| {r['batch']} | **{r['impl']}** | | | **{r['ratio']:.2f}x** | | | |")
+        else:
+            lines.append(
+                f"| {r['batch']} | {r['impl']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
+                f"{r['examples_per_s']:.0f} | {r['gflops']:.1f} | {100 * r['share_of_peak']:.0f}% "
+                f"| {r['page_faults_per_step']:.0f} |")
+    return "\n".join(lines)
