@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from bench import env, train_step
+from bench import compare_torch, env, train_step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +16,28 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--quick", action="store_true", help="fewer rounds (about a minute)")
     t.add_argument("--batches", default="128,1024", help="comma-separated batch sizes")
     t.add_argument("--no-save", action="store_true", help="print only, write no results")
+    c = sub.add_parser("compare", help="test -ELBO and IWAE NLL: minivae vs PyTorch, several seeds")
+    c.add_argument("--data", default="digits", help="digits, or an MNIST-family name (IDX files)")
+    c.add_argument("--data-dir", default=None, help="where the IDX files are")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    c.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    c.add_argument("--iwae-k", type=int, default=1000, help="importance samples for the NLL")
+    c.add_argument("--no-save", action="store_true", help="print only, write no results")
     args = p.parse_args(argv)
+
+    if args.command == "compare":
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        res = compare_torch.run(args.data, seeds, args.data_dir, args.epochs, args.iwae_k,
+                                log=lambda s: print(s, file=sys.stderr))
+        res["environment"] = env.environment()
+        text = compare_torch.table(res)
+        if not args.no_save:
+            out = env.results_dir(env.cpu_model())
+            (out / f"compare-{args.data}.json").write_text(json.dumps(res, indent=2) + "\n")
+            (out / f"compare-{args.data}.md").write_text(
+                f"# minivae vs PyTorch training, {res['environment']['date']}\n\n"
+                f"`python -m bench compare --data {args.data}`\n\n{text}\n")
+        print(text)
 
     if args.command == "train":
         batches = tuple(int(b) for b in args.batches.split(","))
