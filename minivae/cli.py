@@ -7,8 +7,12 @@ before the arguments and inputs are known to be good.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
+
+from minivae import commands
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,6 +136,220 @@ def _train(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# flag types: argparse turns ArgumentTypeError into "argument --flag: <message>"
+
+
+def _int_at_least(low: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            v = low - 1
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {s!r}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0)
+
+
+def _non_negative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, metavar="RUN",
+                   help="a run directory made by `minivae train` (it holds checkpoint.safetensors)")
+
+
+def _picture_out(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--out", type=Path, metavar="PATH", help=f"PNG file to write (default: {default})")
+    p.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+
+
+# ------------------------------------------------------------------------------------------------
+# sample, reconstruct, evaluate: a trained run
+
+
+def _sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="write a grid of samples from a trained run's prior",
+                       description="Decode z ~ N(0, I) with a trained run's model and write the "
+                       "decoder means as one PNG grid. The run's data set is loaded for its image "
+                       "shape.")
+    _run_arg(p)
+    p.add_argument("--n", type=_positive_int, default=64, metavar="N",
+                   help="number of samples (default: 64)")
+    p.add_argument("--label", type=int, metavar="K",
+                   help="class of every sample, conditional runs only (default: the columns "
+                        "cycle through the classes)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the draws of z (default: 0)")
+    _picture_out(p, "RUN/samples-S.png")
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> int:
+    print(commands.sample(args.run, n=args.n, label=args.label, seed=args.seed, out=args.out,
+                          overwrite=args.overwrite))
+    return 0
+
+
+def _reconstruct_parser(sub) -> None:
+    p = sub.add_parser("reconstruct", help="write test inputs above their reconstructions",
+                       description="Encode the first N inputs of a trained run's test split (the "
+                       "same split and binarisation as training's final evaluation) and write "
+                       "them above their reconstructions, the decoder means at z = mu, as one "
+                       "PNG.")
+    _run_arg(p)
+    p.add_argument("--n", type=_positive_int, default=16, metavar="N",
+                   help="number of test inputs (default: 16)")
+    _picture_out(p, "RUN/reconstructions-N.png")
+    p.set_defaults(func=_reconstruct)
+
+
+def _reconstruct(args) -> int:
+    print(commands.reconstruct(args.run, n=args.n, out=args.out, overwrite=args.overwrite))
+    return 0
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="test -ELBO and IWAE NLL of a trained run",
+                       description="Estimate the test -ELBO and the negative log-likelihood "
+                       "(importance weighted, K samples per example) of a trained run, in nats "
+                       "per example with standard errors over the test examples. With the run's "
+                       "seed and K, the numbers are those of its summary.json.")
+    _run_arg(p)
+    p.add_argument("--iwae-k", type=_positive_int, default=5000, metavar="K",
+                   help="importance samples per test example (default: 5000)")
+    p.add_argument("--batch-size", type=_positive_int, default=100, metavar="B",
+                   help="test examples per IWAE batch (default: 100)")
+    p.add_argument("--seed", type=_seed, default=None, metavar="S",
+                   help="seed of the draws (default: the run's seed)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    r = commands.evaluate(args.run, iwae_k=args.iwae_k, batch_size=args.batch_size, seed=args.seed)
+    print(json.dumps(r, indent=2) if args.json else commands.evaluation_text(r))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# gradcheck, info, data
+
+
+def _gradcheck_parser(sub) -> None:
+    from minivae.layers import ACTIVATIONS
+    from minivae.likelihoods import LIKELIHOODS
+
+    p = sub.add_parser("gradcheck", help="check the VAE's gradients against finite differences",
+                       description="Build a float64 VAE of the given shape, draw a random batch in "
+                       "the likelihood's support and fixed noise eps, and compare the gradient of "
+                       "the loss w.r.t. every parameter with central finite differences. Prints "
+                       "one row per parameter (per direction with --mode directional); exits 0 "
+                       "if every row passes, 1 if any fails.")
+    p.add_argument("--x-dim", type=_positive_int, default=12, metavar="D",
+                   help="data dimension (default: 12)")
+    p.add_argument("--z-dim", type=_positive_int, default=3, metavar="Z",
+                   help="latent dimension (default: 3)")
+    p.add_argument("--hidden", type=_csv_ints, default=(8, 6), metavar="W,W,...",
+                   help="hidden widths, comma-separated (default: 8,6)")
+    p.add_argument("--activation", choices=tuple(ACTIVATIONS), default="tanh",
+                   help="hidden activation (default: tanh)")
+    p.add_argument("--likelihood", choices=tuple(LIKELIHOODS), default="bernoulli",
+                   help="p(x|z) (default: bernoulli)")
+    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=False,
+                   help=f"a conditional VAE with {commands.GRADCHECK_CLASSES} classes "
+                        "(default: off)")
+    p.add_argument("--n-samples", type=_positive_int, default=1, metavar="L",
+                   help="samples of z per example (default: 1)")
+    p.add_argument("--beta", type=_non_negative_float, default=1.0,
+                   help="weight of the KL term (default: 1.0)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="N",
+                   help="examples in the batch (default: 4)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the weights, data, labels and eps (default: 0)")
+    p.add_argument("--mode", choices=("full", "directional"), default="full",
+                   help=f"full: every element; directional: {commands.GRADCHECK_DIRECTIONS} "
+                        "random directions through all parameters (default: full)")
+    p.set_defaults(func=_gradcheck)
+
+
+def _gradcheck(args) -> int:
+    result = commands.gradcheck_model(
+        x_dim=args.x_dim, z_dim=args.z_dim, hidden=args.hidden, activation=args.activation,
+        likelihood=args.likelihood, conditional=args.conditional, n_samples=args.n_samples,
+        beta=args.beta, batch=args.batch, seed=args.seed, mode=args.mode)
+    print(result)
+    return 0 if result.ok else 1
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, metavar="D",
+                   help="where the MNIST-family files live (default: $MINIVAE_DATA, else a "
+                        "per-user cache directory)")
+
+
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="versions, BLAS, CPUs, backends and data sets",
+                       description="Show the minivae, Python and numpy versions, the BLAS in use, "
+                       "the CPU count, which backends (numpy, numba, numba-cuda, cupy) can be "
+                       "imported and see a GPU, and the data directory with the data sets present.")
+    _data_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_info)
+
+
+def _info(args) -> int:
+    d = commands.info(args.data_dir)
+    print(json.dumps(d, indent=2) if args.json else commands.info_text(d))
+    return 0
+
+
+def _data_parser(sub) -> None:
+    from minivae.data import SOURCES
+
+    p = sub.add_parser("data", help="list or download the built-in data sets",
+                       description="List or download the built-in data sets.")
+    data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser,
+                                metavar="{list,fetch}")
+    p_list = data_sub.add_parser("list", help="show which data sets are present",
+                                 description="Show the built-in data sets, whether each is present "
+                                 "in the data directory, and where.")
+    _data_dir_arg(p_list)
+    p_list.set_defaults(func=_data_list)
+    p_fetch = data_sub.add_parser("fetch", help="download a data set",
+                                  description="Download the four IDX files of NAME into "
+                                  "<data dir>/NAME/ and verify their SHA-256 sums; files already "
+                                  "there and valid are kept. Without network, says which files to "
+                                  "put where by hand.")
+    p_fetch.add_argument("name", metavar="NAME", help=" | ".join(SOURCES))
+    _data_dir_arg(p_fetch)
+    p_fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_fetch.set_defaults(func=_data_fetch)
+
+
+def _data_list(args) -> int:
+    print(commands.datasets_text(commands.data_list(args.data_dir)))
+    return 0
+
+
+def _data_fetch(args) -> int:
+    print(commands.data_fetch(args.name, args.data_dir, progress=not args.no_progress))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -139,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="minivae", description="A Variational Autoencoder with hand-written "
                      "backprop in NumPy.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _train_parser(sub)
+    for add in (_train_parser, _sample_parser, _reconstruct_parser, _evaluate_parser,
+                _gradcheck_parser, _info_parser, _data_parser):
+        add(sub)
     return parser
 
 

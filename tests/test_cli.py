@@ -1,0 +1,434 @@
+"""The ``minivae`` command line, end to end on tiny runs trained once per module.
+
+Properties proven: every command does its job through ``cli.main`` exactly as its Python function
+in ``minivae.commands`` does; ``evaluate`` reproduces the numbers training wrote to summary.json
+(so it sees the same test split and binarisation); every flag's --help shows its default; and bad
+input anywhere ends as exit code 2 with one ``minivae: error:`` line on stderr that names the
+problem, no traceback, and the file system untouched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from minivae import cli, commands, data
+from minivae.data import IDX_FILES, write_idx
+from minivae.model import VAE
+
+TINY = ["--epochs", "2", "--hidden", "16", "--z-dim", "2", "--iwae-k", "10", "--no-pictures",
+        "--no-progress"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_mnist(folder: Path) -> None:
+    """Four IDX files of a tiny MNIST look-alike: 24 training and 8 test images of 4x4 pixels."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for part, n in (("train", 24), ("t10k", 8)):
+        write_idx(folder / f"{part}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 4, 4), dtype=np.uint8))
+        write_idx(folder / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny runs, trained once: digits (plain and conditional), flat data without an image shape,
+    flat data without a test split, and an MNIST run whose data files have since gone."""
+    root = tmp_path_factory.mktemp("runs")
+    flat = root / "flat.npy"
+    np.save(flat, (np.random.default_rng(0).random((60, 6)) < 0.5).astype(np.float32))
+    r = SimpleNamespace(root=root, plain=root / "plain", cond=root / "cond", flat=root / "flat",
+                        no_test=root / "no-test", gone=root / "gone")
+    assert cli.main(["train", *TINY, "--out", str(r.plain)]) == 0
+    assert cli.main(["train", *TINY, "--conditional", "--out", str(r.cond)]) == 0
+    assert cli.main(["train", *TINY, "--data", str(flat), "--out", str(r.flat)]) == 0
+    assert cli.main(["train", *TINY, "--data", str(flat), "--test-fraction", "0",
+                     "--out", str(r.no_test)]) == 0
+    data_dir = root / "gone-data"
+    _fake_mnist(data_dir / "mnist")
+    assert cli.main(["train", *TINY, "--data", "mnist", "--data-dir", str(data_dir),
+                     "--out", str(r.gone)]) == 0
+    shutil.rmtree(data_dir)
+    return r
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test runs in its own folder with its own (empty) data directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "data"))
+
+
+def _snapshot(*roots: Path) -> dict:
+    """Every file and folder under ``roots`` with its mtime and size: a write shows as a change."""
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size)
+            for root in roots for p in (root, *root.rglob("*"))}
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: exit 2, one line, no traceback, nothing written
+
+BAD = [
+    # (argv, a piece of the message that names the problem)
+    ("", "required: command"),
+    ("frobnicate", "invalid choice: 'frobnicate'"),
+    # sample
+    ("sample", "required: RUN"),
+    ("sample {tmp}/nope", "nope is not a directory"),
+    ("sample {afile}", "afile.txt is not a directory"),
+    ("sample {empty}", "no checkpoint.safetensors"),
+    ("sample {corrupt}", "not a readable checkpoint"),
+    ("sample {gone}", "is missing from"),
+    ("sample {flat}", "has no image shape"),
+    ("sample {plain} --n 0", "argument --n: expected an integer >= 1, got '0'"),
+    ("sample {plain} --n -3", "argument --n: expected an integer >= 1, got '-3'"),
+    ("sample {plain} --n many", "argument --n: expected an integer >= 1, got 'many'"),
+    ("sample {plain} --seed -1", "argument --seed: expected an integer >= 0, got '-1'"),
+    ("sample {plain} --label 1", "is not conditional"),
+    ("sample {cond} --label 10", "label must be an integer in 0..9, got 10"),
+    ("sample {cond} --label -1", "label must be an integer in 0..9, got -1"),
+    ("sample {cond} --label one", "argument --label: invalid int value: 'one'"),
+    ("sample {plain} --out {existing}", "exists.png already exists (use --overwrite"),
+    ("sample {plain} --out {tmp}/grid.jpg", "must be a file name ending in .png"),
+    ("sample {plain} --out {png_dir}", "is a directory"),
+    ("sample {plain} --frobnicate", "unrecognized arguments: --frobnicate"),
+    # reconstruct
+    ("reconstruct", "required: RUN"),
+    ("reconstruct {tmp}/nope", "is not a directory"),
+    ("reconstruct {empty}", "no checkpoint.safetensors"),
+    ("reconstruct {plain} --n 0", "argument --n: expected an integer >= 1"),
+    ("reconstruct {plain} --out {existing}", "already exists"),
+    ("reconstruct {flat}", "has no image shape"),
+    ("reconstruct {gone}", "is missing from"),
+    # evaluate
+    ("evaluate", "required: RUN"),
+    ("evaluate {empty}", "no checkpoint.safetensors"),
+    ("evaluate {plain} --iwae-k -1", "argument --iwae-k: expected an integer >= 1, got '-1'"),
+    ("evaluate {plain} --iwae-k 0", "argument --iwae-k: expected an integer >= 1, got '0'"),
+    ("evaluate {plain} --batch-size 0", "argument --batch-size: expected an integer >= 1"),
+    ("evaluate {plain} --seed x", "argument --seed: expected an integer >= 0, got 'x'"),
+    ("evaluate {no_test}", "has no test split (test_fraction = 0.0)"),
+    ("evaluate {plain} --json extra", "unrecognized arguments: extra"),
+    # gradcheck
+    ("gradcheck --activation swish", "argument --activation: invalid choice: 'swish'"),
+    ("gradcheck --likelihood poisson", "argument --likelihood: invalid choice: 'poisson'"),
+    ("gradcheck --x-dim 0", "argument --x-dim: expected an integer >= 1, got '0'"),
+    ("gradcheck --z-dim -1", "argument --z-dim: expected an integer >= 1, got '-1'"),
+    ("gradcheck --hidden 8,x", "argument --hidden: expected comma-separated integers"),
+    ("gradcheck --hidden 8,0", "hidden[1] must be a positive integer, got 0"),
+    ("gradcheck --beta -1", "argument --beta: expected a finite number >= 0, got '-1'"),
+    ("gradcheck --beta nan", "argument --beta: expected a finite number >= 0, got 'nan'"),
+    ("gradcheck --batch 0", "argument --batch: expected an integer >= 1"),
+    ("gradcheck --n-samples 0", "argument --n-samples: expected an integer >= 1"),
+    ("gradcheck --mode partial", "argument --mode: invalid choice: 'partial'"),
+    ("gradcheck --seed -1", "argument --seed: expected an integer >= 0"),
+    # info, data
+    ("info --verbose", "unrecognized arguments: --verbose"),
+    ("info --data-dir {afile}", "afile.txt is not a directory"),
+    ("data", "required: {list,fetch}"),
+    ("data frobnicate", "invalid choice: 'frobnicate'"),
+    ("data list --data-dir {afile}", "afile.txt is not a directory"),
+    ("data fetch", "required: NAME"),
+    ("data fetch cifar10", "cannot fetch 'cifar10'"),
+    ("data fetch digits", "digits ships with scikit-learn: nothing to fetch"),
+    ("data fetch mnist --data-dir {afile}", "afile.txt is not a directory"),
+    # train
+    ("train --lr -1", "lr must be a finite number >= 0, got -1.0"),
+    ("train --batch-size 0", "batch_size must be a positive integer, got 0"),
+    ("train --z-dim 0", "z_dim must be a positive integer, got 0"),
+    ("train --likelihood poisson", "likelihood must be one of"),
+    ("train --epochs many", "argument --epochs: invalid int value: 'many'"),
+    ("train --hidden 0", "hidden[0] must be a positive integer, got 0"),
+    ("train --out {plain}", "already exists and is not empty (use --overwrite"),
+    ("train --resume {plain} --epochs 3", "--resume continues a run with its saved configuration"),
+    ("train --resume {empty}", "no checkpoint.safetensors"),
+    ("train --config {bad_toml}", "bad.toml: not valid TOML"),
+    ("train --config {tmp}/missing.toml", "missing.toml: no such file"),
+    ("train --config {unknown_toml}", "unknown configuration key 'epoch'"),
+    ("train --data nosuch", "'nosuch' is neither a built-in"),
+]
+
+
+@pytest.fixture
+def scene(tmp_path, runs) -> dict[str, str]:
+    """The paths the bad-input table refers to."""
+    (tmp_path / "exists.png").write_bytes(b"not mine to overwrite")
+    (tmp_path / "afile.txt").write_text("a file, not a folder")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "checkpoint.safetensors").write_bytes(b"\xff" * 64)
+    (tmp_path / "bad.toml").write_text("epochs = = 3\n")
+    (tmp_path / "unknown.toml").write_text("epoch = 3\n")
+    return {"tmp": str(tmp_path), "afile": str(tmp_path / "afile.txt"),
+            "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt"),
+            "existing": str(tmp_path / "exists.png"), "png_dir": str(tmp_path / "dir.png"),
+            "bad_toml": str(tmp_path / "bad.toml"), "unknown_toml": str(tmp_path / "unknown.toml"),
+            **{k: str(getattr(runs, k)) for k in ("plain", "cond", "flat", "no_test", "gone")}}
+
+
+@pytest.mark.parametrize("argv, expected", BAD, ids=[a or "(nothing)" for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, scene, tmp_path, runs,
+                                                          capsys):
+    args = [a.format(**scene) for a in argv.split()]
+    before = _snapshot(tmp_path, runs.root)
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("minivae: error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert "Traceback" not in err
+    assert _snapshot(tmp_path, runs.root) == before
+
+
+def test_no_network_fetch_says_where_to_put_the_files_and_leaves_nothing(tmp_path, monkeypatch,
+                                                                         capsys):
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(data, "_open_url", offline)
+    before = _snapshot(tmp_path)
+    assert cli.main(["data", "fetch", "mnist", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"put them in {tmp_path / 'data' / 'mnist'}" in err
+    assert all(f"{base}.gz" in err for base in IDX_FILES)
+    assert not (tmp_path / "data").exists()
+    assert set(_snapshot(tmp_path)) == set(before)
+
+
+def test_gradcheck_failure_exits_1_with_the_table(monkeypatch, capsys):
+    real_loss = VAE.loss
+
+    def wrong_loss(self, *args, **kwargs):
+        res = real_loss(self, *args, **kwargs)
+        res.grads["dec.1.W"] = res.grads["dec.1.W"] * 1.01
+        return res
+
+    monkeypatch.setattr(VAE, "loss", wrong_loss)
+    assert cli.main(["gradcheck"]) == 1
+    out = capsys.readouterr().out
+    assert "gradcheck FAILED: 1 of 12 rows failed" in out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("dec.1.W ")] == ["FAIL"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the commands doing their jobs
+
+
+def test_sample_writes_a_png_and_refuses_to_overwrite_it(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs.plain, run)
+    assert cli.main(["sample", str(run)]) == 0
+    path = run / "samples-0.png"
+    assert capsys.readouterr().out == f"{path}\n"
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    stamp = path.stat().st_mtime_ns
+    assert cli.main(["sample", str(run)]) == 2
+    assert path.stat().st_mtime_ns == stamp
+    assert cli.main(["sample", str(run), "--overwrite", "--n", "9"]) == 0
+    assert cli.main(["sample", str(run), "--seed", "7"]) == 0
+    assert (run / "samples-7.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_sample_of_a_conditional_run_takes_a_label(runs, tmp_path, monkeypatch):
+    from minivae import pictures
+
+    seen = []
+    real = pictures.prior_samples
+    monkeypatch.setattr(pictures, "prior_samples",
+                        lambda *a, **k: seen.append(k["y"]) or real(*a, **k))
+    out = tmp_path / "sub" / "three.png"
+    assert cli.main(["sample", str(runs.cond), "--label", "3", "--n", "10", "--out", str(out)]) == 0
+    assert commands.sample(runs.cond, n=10, out=tmp_path / "cycle.png") == tmp_path / "cycle.png"
+    assert seen == [3, None]
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_reconstruct_writes_a_png(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs.cond, run)
+    assert cli.main(["reconstruct", str(run)]) == 0
+    assert capsys.readouterr().out == f"{run / 'reconstructions-16.png'}\n"
+    assert (run / "reconstructions-16.png").read_bytes().startswith(PNG_MAGIC)
+    out = tmp_path / "five.png"
+    assert commands.reconstruct(run, n=5, out=out) == out
+    assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("which", ["plain", "cond"])
+def test_evaluate_reproduces_the_summary_of_training(which, runs, capsys):
+    """Same split, binarisation, seed and K as training's final evaluation: the same numbers."""
+    run = getattr(runs, which)
+    summary = json.loads((run / "summary.json").read_text())
+    assert cli.main(["evaluate", str(run), "--iwae-k", "10", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for key in ("n_test", "iwae_k", "test_elbo_loss", "test_elbo_loss_stderr", "test_recon",
+                "test_kl", "test_iwae_nll", "test_iwae_nll_stderr"):
+        assert got[key] == summary[key], key
+    other = commands.evaluate(run, iwae_k=10, seed=1)
+    assert other["test_iwae_nll"] != got["test_iwae_nll"]
+
+
+def test_evaluate_prints_a_table(runs, capsys):
+    assert cli.main(["evaluate", str(runs.plain), "--iwae-k", "3", "--batch-size", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{runs.plain}: 180 test examples, seed 0"
+    assert lines[1].split() == ["nats", "stderr"]
+    assert lines[2].startswith("test -ELBO") and lines[-1].startswith("IWAE NLL (K=3)")
+    assert all(float(v) > 0 for v in lines[-1].split()[-2:])
+
+
+def test_gradcheck_passes_and_prints_every_parameter(capsys):
+    assert cli.main(["gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gradcheck PASSED: 12 of 12 rows pass  [mode=full, dtype=float64")
+    names = {line.split()[0] for line in out.splitlines()[3:]}
+    expected = {f"{net}.{i}.{p}" for net in ("enc", "dec") for i in range(3) for p in "Wb"}
+    assert names == expected
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "cbernoulli", "gaussian", "gaussian_learned"])
+def test_gradcheck_passes_for_every_likelihood(likelihood):
+    result = commands.gradcheck_model(likelihood=likelihood, activation="softplus",
+                                      conditional=True, n_samples=2, beta=0.5, x_dim=5, z_dim=2,
+                                      hidden=(4,), batch=3, seed=1)
+    assert result.ok, str(result)
+    assert {r.name for r in result.rows} >= {"enc.0.W", "dec.1.b"}
+    assert any(r.name.startswith("lik.") for r in result.rows) == (likelihood == "gaussian_learned")
+
+
+def test_gradcheck_directional(capsys):
+    assert cli.main(["gradcheck", "--mode", "directional", "--conditional", "--activation",
+                     "relu", "--hidden", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "mode=directional" in out and "direction 3" in out
+
+
+def test_info(tmp_path, capsys):
+    assert cli.main(["info", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["numpy"] == np.__version__ and d["cpu_count"] >= 1
+    assert [b["name"] for b in d["backends"]] == ["numpy", "numba", "numba-cuda", "cupy"]
+    assert d["backends"][0]["importable"] is True
+    assert d["data_dir"] == str(tmp_path / "data")
+    assert {r["name"]: r["present"] for r in d["datasets"]} == {
+        "digits": True, "mnist": False, "fashion-mnist": False, "kmnist": False}
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "backends:" in text and f"data directory: {tmp_path / 'data'}" in text
+
+
+def test_info_without_threadpoolctl_and_with_a_gpu_library_but_no_gpu(monkeypatch):
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake_cupy = SimpleNamespace(__version__="13.0", cuda=SimpleNamespace(
+        runtime=SimpleNamespace(getDeviceCount=no_device)))
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # None in sys.modules: ImportError
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    blas = commands.blas_info()
+    assert blas == [] or blas[0]["source"] == "numpy build configuration"
+    cupy = {b["name"]: b for b in commands.backends()}["cupy"]
+    assert cupy["importable"] is True and cupy["gpu"] is False
+    assert "no CUDA-capable device" in cupy["note"]
+    assert "no CUDA-capable device" in commands.info_text(commands.info())
+
+
+def test_data_list_and_fetch(tmp_path, monkeypatch, capsys):
+    _fake_mnist(tmp_path / "data" / "mnist")
+    assert cli.main(["data", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "present" in rows["mnist"] and "missing 4 of 4 files" in rows["kmnist"]
+    # a fetch against a stand-in server whose files the table of sums vouches for
+    payload = {f"{base}.gz": gzip.compress(base.encode()) for base in IDX_FILES}
+    table = {name: (len(b), hashlib.sha256(b).hexdigest()) for name, b in payload.items()}
+    monkeypatch.setitem(data.SOURCES, "kmnist", ("https://example.invalid/k/", table))
+    monkeypatch.setattr(data, "_open_url",
+                        lambda url, timeout: io.BytesIO(payload[url.rsplit("/", 1)[1]]))
+    other = tmp_path / "elsewhere"
+    assert cli.main(["data", "fetch", "kmnist", "--data-dir", str(other), "--no-progress"]) == 0
+    assert capsys.readouterr().out == f"{other / 'kmnist'}\n"
+    assert sorted(p.name for p in (other / "kmnist").iterdir()) == sorted(payload)
+
+
+# ------------------------------------------------------------------------------------------------
+# train: --config and flags
+
+
+def test_train_takes_settings_from_config_and_flags_win(tmp_path, capsys):
+    (tmp_path / "run.toml").write_text("epochs = 1\nhidden = [8]\nz_dim = 2\niwae_k = 5\n"
+                                       "pictures = false\nseed = 3\nlr = 0.01\n")
+    assert cli.main(["train", "--config", "run.toml", "--z-dim", "3", "--no-progress"]) == 0
+    config = json.loads((tmp_path / "runs" / "digits-3" / "config.json").read_text())
+    assert (config["epochs"], config["hidden"], config["lr"], config["seed"]) == (1, [8], 0.01, 3)
+    assert config["z_dim"] == 3  # the flag, not the file's 2
+    assert config["pictures"] is False
+
+
+# ------------------------------------------------------------------------------------------------
+# --help
+
+
+def _shown(default) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def _all_parsers(parser, name="minivae"):
+    yield name, parser
+    for action in parser._actions:
+        if hasattr(action, "choices") and isinstance(action.choices, dict):
+            for sub_name, sub in action.choices.items():
+                yield from _all_parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_flag_has_help_that_shows_its_default():
+    without_default = {"--config", "--resume", "--json", "--overwrite", "--no-progress"}
+    for name, parser in _all_parsers(cli.build_parser()):
+        assert parser.description, name
+        for action in parser._actions:
+            if not action.option_strings or action.option_strings[0] == "-h":
+                continue
+            flag = action.option_strings[0]
+            assert action.help, f"{name} {flag}"
+            if flag in without_default:
+                continue
+            assert "(default: " in action.help, f"{name} {flag}: {action.help}"
+            if action.default is not None:
+                assert f"(default: {_shown(action.default)})" in action.help, f"{name} {flag}"
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "reconstruct", "evaluate", "gradcheck",
+                                     "info", "data", "data list", "data fetch"])
+def test_help_exits_0(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command.split(), "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: minivae {command}")
+
+
+def test_the_real_process_exit_codes(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "minivae", "--help"], capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0 and "sample" in ok.stdout and "gradcheck" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "minivae.cli", "sample", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == f"minivae: error: {tmp_path / 'nope'} is not a directory (expected a run " \
+                         "directory made by `minivae train`)\n"
