@@ -17,7 +17,7 @@ import statistics
 import numpy as np
 
 from minivae import data as data_mod
-from minivae.train import TrainConfig, _eval_loss, build_model, train
+from minivae.train import IWAE_SALT, TEST_ELBO_SALT, TrainConfig, build_model, eval_elbo, held_out, train
 
 PRESETS = {
     "digits": dict(hidden=(128,), z_dim=8, epochs=50),
@@ -72,8 +72,8 @@ def _torch_train(config: TrainConfig, train_x: np.ndarray, seed: int):
 
 
 def _evaluate(model, test_ds, test_x, config: TrainConfig) -> tuple[float, float]:
-    t = _eval_loss(model, test_ds, test_x, config.seed, 3)
-    iw = model.iwae(test_x, k=config.iwae_k, rng=np.random.default_rng([config.seed, 4]))
+    t = eval_elbo(model, test_ds, test_x, config.seed, TEST_ELBO_SALT)
+    iw = model.iwae(test_x, k=config.iwae_k, rng=np.random.default_rng([config.seed, IWAE_SALT]))
     return t["loss"], iw.nll
 
 
@@ -90,9 +90,7 @@ def run(data: str = "digits", seeds=(0, 1, 2), data_dir=None, epochs: int | None
         config = TrainConfig(data=data, data_dir=data_dir, seed=seed, iwae_k=iwae_k,
                              pictures=False, **preset)
         ds = data_mod.load_dataset(config.data, data_dir=config.data_dir)
-        train_ds, _, test_ds = data_mod.split(ds, val_fraction=config.val_fraction,
-                                              test_fraction=config.test_fraction, seed=seed)
-        test_x = data_mod.Binarizer("static", seed + 1)(test_ds.x.astype(np.float32), 0)
+        train_ds, _, test_ds, _, test_x = held_out(config, ds, np.float32)
         with tempfile.TemporaryDirectory() as tmp:
             res = train(config, Path(out_dir or tmp) / f"minivae-{data}-{seed}", overwrite=True,
                         progress=False, log=lambda s: None)

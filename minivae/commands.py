@@ -26,18 +26,17 @@ from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
 from minivae.train import (
     CHECKPOINT,
+    IWAE_SALT,
+    TEST_ELBO_SALT,
     RunError,
     TrainConfig,
-    _eval_loss,
     build_model,
+    eval_elbo,
+    held_out,
     load_params,
     read_checkpoint,
 )
 
-# The generator salts train.py's _finish uses for the test -ELBO and the IWAE estimate, so that
-# `evaluate` with the run's seed and K reproduces summary.json to the last digit.
-TEST_ELBO_SALT = 3
-IWAE_SALT = 4
 # Labels of a conditional gradcheck model: three classes, so that a mix-up between one-hot columns
 # (not only between "a label" and "no label") changes the loss.
 GRADCHECK_CLASSES = 3
@@ -84,13 +83,10 @@ def run_test_split(run: Run) -> tuple[data.Dataset, np.ndarray]:
     """The run's test split and its inputs exactly as training's final evaluation saw them: the
     same seeded split and the same fixed binarisation (seed + 1), in the model's dtype."""
     c = run.config
-    _, _, test_ds = data.split(run.dataset, val_fraction=c.val_fraction,
-                               test_fraction=c.test_fraction, seed=c.seed)
-    if len(test_ds) == 0:
+    _, _, test_ds, _, x = held_out(c, run.dataset, run.model.dtype)
+    if x is None:
         raise RunError(f"{run.run_dir} has no test split (test_fraction = {c.test_fraction}): "
                        "expected a run trained with test_fraction > 0")
-    binarize = data.Binarizer("static" if c.binarize != "none" else "none", c.seed + 1)
-    x = binarize(test_ds.x.astype(run.model.dtype), 0)
     run.model.likelihood.check_data(f"the test split of {c.data!r}", x)
     return test_ds, x
 
@@ -172,7 +168,7 @@ def evaluate(run_dir: str | os.PathLike, *, iwae_k: int = 5000, batch_size: int 
     seed = run.config.seed if seed is None else _seed("seed", seed)
     test_ds, x = run_test_split(run)
     model = run.model
-    elbo = _eval_loss(model, test_ds, x, seed, TEST_ELBO_SALT)
+    elbo = eval_elbo(model, test_ds, x, seed, TEST_ELBO_SALT)
     iw = model.iwae(x, test_ds.y if model.n_classes else None, k=iwae_k, batch_size=batch_size,
                     rng=np.random.default_rng([seed, IWAE_SALT]))
     return {"run": str(run.run_dir), "n_test": len(x), "seed": seed, "batch_size": batch_size,

@@ -18,14 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minivae import _checks
-from minivae.latent import (
-    gaussian_log_density,
-    kl_backward,
-    kl_forward,
-    reparameterize_backward,
-    reparameterize_forward,
-)
+from minivae import _checks, philox
+from minivae.backends import Backend, get_backend
+from minivae.latent import gaussian_log_density
 from minivae.layers import ACTIVATIONS, MLP
 from minivae.likelihoods import LIKELIHOODS, make_likelihood
 
@@ -86,11 +81,13 @@ class VAE:
         sigma: the fixed standard deviation of the "gaussian" likelihood.
         dtype: "float32" (default) or "float64".
         rng: the generator that draws the initial weights (PyTorch's nn.Linear scheme).
+        backend: which implementation of the costly ops (minivae.backends): "numpy" (the
+            reference), "numba", "cupy", "numba-cuda" or "auto". The math is the same.
     """
 
     def __init__(self, x_dim: int, z_dim: int = 20, hidden=(400,), *, activation: str = "relu",
                  likelihood: str = "bernoulli", n_classes: int = 0, sigma: float = 1.0,
-                 dtype="float32", rng: np.random.Generator):
+                 dtype="float32", rng: np.random.Generator, backend: str | Backend = "numpy"):
         self.x_dim = _checks.positive_int("x_dim", x_dim)
         self.z_dim = _checks.positive_int("z_dim", z_dim)
         self.hidden = _checks.sizes("hidden", hidden)
@@ -107,12 +104,19 @@ class VAE:
         self.encoder = MLP((x_dim + c, *self.hidden, 2 * z_dim), activation, rng, self.dtype)
         self.decoder = MLP((z_dim + c, *self.hidden[::-1], x_dim), activation, rng, self.dtype)
         self.likelihood = make_likelihood(likelihood, x_dim, self.dtype, sigma=sigma)
-        # One flat view of every parameter: these are the arrays the layers compute with.
+        self.backend = get_backend(backend)
+        if self.backend.on_gpu and likelihood != "bernoulli":
+            raise ValueError(f"backend {self.backend.name!r} supports the bernoulli likelihood, "
+                             f"got {likelihood!r} (use backend='numpy' or 'numba')")
+        # One flat view of every parameter: the arrays the loss computes with (on the backend's
+        # device). The MLP objects drew the initial values and keep the layer API for the CPU.
         self.params: dict[str, np.ndarray] = {
             **{f"enc.{k}": v for k, v in self.encoder.params.items()},
             **{f"dec.{k}": v for k, v in self.decoder.params.items()},
             **{f"lik.{k}": v for k, v in self.likelihood.params.items()},
         }
+        if self.backend.on_gpu:
+            self.params = {k: self.backend.asarray(v) for k, v in self.params.items()}
 
     # ------------------------------------------------------------------------------------------
     # input checks
@@ -140,12 +144,45 @@ class VAE:
             raise ValueError(f"y must lie in 0..{self.n_classes - 1}, got [{y.min()}, {y.max()}]")
         return np.eye(self.n_classes, dtype=self.dtype)[y]
 
-    def _cat(self, a: np.ndarray, y1: np.ndarray | None) -> np.ndarray:
-        return a if y1 is None else np.concatenate([a, y1], axis=1)
+    def _cat(self, a, y1):
+        return a if y1 is None else self.backend.xp.concatenate([a, self._dev(y1)], axis=1)
 
-    def draw_eps(self, n: int, rng: np.random.Generator, n_samples: int = 1) -> np.ndarray:
-        """eps ~ N(0, I) of shape (n_samples, n, z_dim) from ``rng``, in the model's dtype."""
-        return rng.standard_normal((n_samples, n, self.z_dim), dtype=self.dtype)
+    def _dev(self, a):
+        """``a`` on the backend's device (a no-op on the CPU)."""
+        return self.backend.asarray(a) if self.backend.on_gpu else a
+
+    def draw_eps(self, n: int, rng: np.random.Generator | philox.Stream,
+                 n_samples: int = 1) -> np.ndarray:
+        """eps ~ N(0, I) of shape (n_samples, n, z_dim) from ``rng``, in the model's dtype.
+
+        ``rng`` is a numpy Generator, or a ``philox.Stream`` (the counter-based stream every
+        backend can regenerate in its kernels).
+        """
+        shape = (n_samples, n, self.z_dim)
+        if isinstance(rng, philox.Stream):
+            return rng.normal(shape, self.dtype)
+        return rng.standard_normal(shape, dtype=self.dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # the two networks, composed from the backend's fused linear(+activation) op
+
+    def _mlp_forward(self, net: str, h):
+        """h through the Linear layers named ``{net}.{i}``, the activation after all but the last."""
+        n_layers = len(self.hidden) + 1
+        caches = []
+        for i in range(n_layers):
+            act = self.activation if i < n_layers - 1 else None
+            h, c = self.backend.linear_forward(h, self.params[f"{net}.{i}.W"],
+                                               self.params[f"{net}.{i}.b"], act)
+            caches.append(c)
+        return h, caches
+
+    def _mlp_backward(self, net: str, dh, caches, grads: dict, *, need_dx: bool = True):
+        """The same layers in reverse; fills ``grads`` and returns the input's gradient."""
+        for i in range(len(caches) - 1, -1, -1):
+            dh, grads[f"{net}.{i}.W"], grads[f"{net}.{i}.b"] = self.backend.linear_backward(
+                dh, caches[i], need_dx or i > 0)
+        return dh
 
     # ------------------------------------------------------------------------------------------
     # forward pieces, usable on their own (pictures, evaluation)
@@ -153,14 +190,15 @@ class VAE:
     def encode(self, x, y=None):
         """x (N, D) -> (mu, logvar), each (N, d)."""
         x = self._check_x(x)
-        out, _ = self.encoder.forward(self._cat(x, self.one_hot(y, len(x))))
+        out, _ = self._mlp_forward("enc", self._cat(self._dev(x), self.one_hot(y, len(x))))
+        out = self.backend.to_host(out)
         return out[:, : self.z_dim], out[:, self.z_dim :]
 
     def decode(self, z, y=None) -> np.ndarray:
         """z (N, d) -> decoder output (logits or means), (N, D)."""
         z = _checks.finite_array("z", z, dtype=self.dtype, shape=(None, self.z_dim))
-        out, _ = self.decoder.forward(self._cat(z, self.one_hot(y, len(z))))
-        return out
+        out, _ = self._mlp_forward("dec", self._cat(self._dev(z), self.one_hot(y, len(z))))
+        return self.backend.to_host(out)
 
     def reconstruct(self, x, y=None) -> np.ndarray:
         """The likelihood's mean at z = mu: a deterministic reconstruction of x."""
@@ -170,60 +208,67 @@ class VAE:
     # ------------------------------------------------------------------------------------------
     # the loss and its gradients, top to bottom and back
 
-    def loss(self, x, y=None, *, eps=None, rng: np.random.Generator | None = None,
+    def loss(self, x, y=None, *, eps=None, rng: np.random.Generator | philox.Stream | None = None,
              n_samples: int = 1, beta: float = 1.0, reduction: str = "mean",
              check: bool = True) -> LossResult:
         """-ELBO of a batch and the gradient of every parameter.
 
         x: (N, D) data; y: (N,) labels for a conditional model. eps: (L, N, d) noise, or None to
-        draw L = ``n_samples`` samples from ``rng``. ``check=False`` skips the input checks (the
-        training loop checks its data once, up front).
+        draw L = ``n_samples`` samples from ``rng`` (a numpy Generator, or a ``philox.Stream``
+        whose noise GPU kernels regenerate instead of storing). ``check=False`` skips the input
+        checks (the training loop checks its data once, up front, and may pass device arrays).
         """
         beta = _checks.non_negative_float("beta", beta)
         _checks.choice("reduction", reduction, ("mean", "sum"))
         if check:
-            x = self._check_x(x)
+            x = self._dev(self._check_x(x))
         n, d = x.shape[0], self.z_dim
+        key = None
         if eps is None:
             if rng is None:
                 raise ValueError("give eps or rng: every random draw comes from an explicit generator")
-            eps = self.draw_eps(n, rng, _checks.positive_int("n_samples", n_samples))
-        elif check:
-            eps = _checks.finite_array("eps", eps, dtype=self.dtype, ndim=3)
-            if eps.shape[1:] != (n, d):
-                raise ValueError(f"eps must have shape (L, {n}, {d}), got {eps.shape}")
-        n_samples = eps.shape[0]
+            n_samples = _checks.positive_int("n_samples", n_samples)
+            if isinstance(rng, philox.Stream):
+                key = rng.take(n_samples * n * d)  # the backend draws (or regenerates) this noise
+            else:
+                eps = self._dev(self.draw_eps(n, rng, n_samples))
+        else:
+            if check:
+                eps = _checks.finite_array("eps", eps, dtype=self.dtype, ndim=3)
+                if eps.shape[1:] != (n, d):
+                    raise ValueError(f"eps must have shape (L, {n}, {d}), got {eps.shape}")
+            eps = self._dev(eps)
+            n_samples = eps.shape[0]
         y1 = self.one_hot(y, n)
+        ops, xp = self.backend, self.backend.xp
 
         # forward: encode, sample, decode, score
-        enc_out, enc_cache = self.encoder.forward(self._cat(x, y1))
-        mu, logvar = enc_out[:, :d], enc_out[:, d:]
-        z, z_cache = reparameterize_forward(mu, logvar, eps)  # (L, N, d)
+        h, enc_caches = self._mlp_forward("enc", self._cat(x, y1))  # h = [mu | logvar]
+        z, kl, z_cache = ops.latent_forward(h, n_samples, eps=eps, key=key)  # (L, N, d), (N,)
         y1_rep = None if y1 is None else np.tile(y1, (n_samples, 1))
-        out, dec_cache = self.decoder.forward(self._cat(z.reshape(n_samples * n, d), y1_rep))
-        x_rep = x if n_samples == 1 else np.tile(x, (n_samples, 1))
-        logp, lik_cache = self.likelihood.forward(x_rep, out)
-        recon = -logp.reshape(n_samples, n).mean(axis=0)  # (N,): -E_q[log p(x|z)], L-sample MC
-        kl = kl_forward(mu, logvar)  # (N,)
+        out, dec_caches = self._mlp_forward("dec", self._cat(z.reshape(n_samples * n, d), y1_rep))
+        x_rep = x if n_samples == 1 else xp.tile(x, (n_samples, 1))
         scale = 1.0 / n if reduction == "mean" else 1.0
-        loss = scale * float(np.sum(recon + beta * kl))
+        dlogp = -scale / n_samples  # d loss / d log p(x|z_l) for every example and sample
+        if self.likelihood.name == "bernoulli":  # one fused pass: log p and its gradient
+            logp, dout = ops.bernoulli(x_rep, out, dlogp)
+            lik_grads: dict = {}
+        else:
+            logp, lik_cache = self.likelihood.forward(x_rep, out)
+        recon = -logp.reshape(n_samples, n).mean(axis=0)  # (N,): -E_q[log p(x|z)], L-sample MC
+        loss = scale * float(xp.sum(recon + beta * kl))
         self._check_finite_loss(loss, recon, kl)
 
         # backward: the same steps in reverse order
-        dlogp = np.full(n_samples * n, -scale / n_samples, dtype=self.dtype)
-        dout, lik_grads = self.likelihood.backward(dlogp, lik_cache)
-        ddec_in, dec_grads = self.decoder.backward(dout, dec_cache)
+        if self.likelihood.name != "bernoulli":
+            dout, lik_grads = self.likelihood.backward(
+                np.full(n_samples * n, dlogp, dtype=self.dtype), lik_cache)
+        grads: dict = {}
+        ddec_in = self._mlp_backward("dec", dout, dec_caches, grads)
         dz = ddec_in[:, :d].reshape(n_samples, n, d)
-        dmu, dlogvar = reparameterize_backward(dz, z_cache)
-        dmu_kl, dlogvar_kl = kl_backward(np.full(n, beta * scale, dtype=self.dtype), mu, logvar)
-        denc_out = np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
-        _, enc_grads = self.encoder.backward(denc_out, enc_cache, need_dx=False)
-
-        grads = {
-            **{f"enc.{k}": v for k, v in enc_grads.items()},
-            **{f"dec.{k}": v for k, v in dec_grads.items()},
-            **{f"lik.{k}": v for k, v in lik_grads.items()},
-        }
+        dh = ops.latent_backward(dz, beta * scale, z_cache)  # [dmu | dlogvar], KL term included
+        self._mlp_backward("enc", dh, enc_caches, grads, need_dx=False)
+        grads |= {f"lik.{k}": v for k, v in lik_grads.items()}
         return LossResult(loss, float(recon.mean()), float(kl.mean()), grads, recon, kl)
 
     @staticmethod
@@ -252,22 +297,23 @@ class VAE:
             xb = x[start : start + batch_size]
             y1 = None if y1_all is None else y1_all[start : start + batch_size]
             nb = len(xb)
-            enc_out, _ = self.encoder.forward(self._cat(xb, y1))
-            mu, logvar = enc_out[:, : self.z_dim], enc_out[:, self.z_dim :]
+            xb_dev = self._dev(xb)
+            h, _ = self._mlp_forward("enc", self._cat(xb_dev, y1))
+            mu, logvar = h[:, : self.z_dim], h[:, self.z_dim :]
             log_w = np.empty((k, nb))
             chunk = max(1, IWAE_CHUNK_ELEMENTS // (nb * self.x_dim))
             for s in range(0, k, chunk):
                 m = min(chunk, k - s)
-                eps = self.draw_eps(nb, rng, m)
-                z, _ = reparameterize_forward(mu, logvar, eps)
+                eps = self._dev(self.draw_eps(nb, rng, m))
+                z = mu + self.backend.xp.exp(0.5 * logvar) * eps
                 y1_rep = None if y1 is None else np.tile(y1, (m, 1))
-                out, _ = self.decoder.forward(self._cat(z.reshape(m * nb, self.z_dim), y1_rep))
-                logp, _ = self.likelihood.forward(np.tile(xb, (m, 1)), out)
+                out, _ = self._mlp_forward("dec", self._cat(z.reshape(m * nb, self.z_dim), y1_rep))
+                logp, _ = self.likelihood.forward(self.backend.xp.tile(xb_dev, (m, 1)), out)
                 # log q(z|x) with z - mu = std * eps: -1/2 sum(eps^2 + logvar + log 2 pi)
                 log_q = gaussian_log_density(eps.astype(np.float64), 0.0, 0.0) \
                     - 0.5 * logvar.astype(np.float64).sum(axis=1)
                 log_prior = gaussian_log_density(z.astype(np.float64))
-                log_w[s : s + m] = logp.reshape(m, nb) + log_prior - log_q
+                log_w[s : s + m] = self.backend.to_host(logp.reshape(m, nb) + log_prior - log_q)
             top = log_w.max(axis=0)
             out_log_px[start : start + nb] = top + np.log(np.mean(np.exp(log_w - top), axis=0))
         return IWAEResult(out_log_px)

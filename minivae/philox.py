@@ -220,3 +220,33 @@ def normal_eps_like(seed: int, offset: int, shape: int | Sequence[int],
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
             raise ValueError(f"shape[{i}] must be an integer >= 0, got {d!r} (shape={shape!r})")
     return normal_eps(seed, offset, math.prod(dims), dtype).reshape(dims)
+
+
+class Stream:
+    """A position in the normal stream of ``seed``: hands out disjoint ``(seed, offset)`` keys.
+
+    The counter-based counterpart of a ``numpy.random.Generator`` for ``eps``: ``take(n)`` returns
+    the key of the next ``n`` elements and advances past them, so consecutive draws never overlap
+    and a run's noise is fixed by ``(seed, offset)`` alone (two integers to checkpoint).
+    """
+
+    def __init__(self, seed: int, offset: int = 0):
+        self.seed = _index("seed", seed, STREAM_LENGTH)
+        self.offset = _index("offset", offset, STREAM_LENGTH)
+
+    def take(self, n: int) -> tuple[int, int]:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        if self.offset + n > STREAM_LENGTH:
+            raise ValueError(f"the stream of seed {self.seed} is exhausted (offset {self.offset} + {n})")
+        key = (self.seed, self.offset)
+        self.offset += int(n)
+        return key
+
+    def normal(self, shape: Sequence[int], dtype: object = "float64") -> np.ndarray:
+        """The next ``prod(shape)`` normals, materialised (what the NumPy reference does)."""
+        seed, offset = self.take(math.prod(shape))
+        return normal_eps_like(seed, offset, shape, dtype)
+
+    def __repr__(self) -> str:
+        return f"Stream(seed={self.seed}, offset={self.offset})"

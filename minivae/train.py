@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from minivae import _checks
+from minivae import _checks, philox
+from minivae.backends import BACKENDS
 from minivae.layers import ACTIVATIONS
 from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
@@ -110,6 +111,7 @@ class TrainConfig:
         _checks.choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
         _checks.choice("optimizer", self.optimizer, ("sgd", "adam", "adamw"))
         _checks.choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _checks.choice("backend", self.backend, (*BACKENDS, "auto"))
         _checks.float_dtype("dtype", self.dtype)
         self.dtype = str(np.dtype(self.dtype))
 
@@ -147,6 +149,7 @@ class RunState:
     rng_state: dict = field(default_factory=dict)  # the training generator after the last step
     epoch_rng_state: dict = field(default_factory=dict)  # ... at the start of ``epoch``
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # loss, recon, kl, n
+    eps_offset: int = 0  # position in the Philox stream of eps (seed = the run's seed)
     done: bool = False
 
 
@@ -214,7 +217,8 @@ def build_model(config: TrainConfig, x_dim: int, n_classes: int) -> VAE:
     return VAE(x_dim, config.z_dim, config.hidden, activation=config.activation,
                likelihood=config.likelihood, n_classes=n_classes if config.conditional else 0,
                sigma=config.sigma, dtype=config.dtype,
-               rng=np.random.default_rng([config.seed, 0]))
+               rng=np.random.default_rng([config.seed, INIT_SALT]),
+               backend=config.backend)
 
 
 def load_params(model: VAE, params: dict, where: str) -> None:
@@ -300,18 +304,43 @@ class TrainResult:
     summary: dict
 
 
-def _eval_loss(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict | None:
-    """-ELBO on held-out data with its own generator (so evaluating never perturbs training);
+# Each use of randomness in a run has its own generator, seeded by [seed, salt]: evaluating never
+# perturbs training, and `minivae evaluate` reproduces a run's final numbers exactly.
+INIT_SALT, TRAIN_SALT, VAL_SALT, TEST_ELBO_SALT, IWAE_SALT, PICTURES_SALT = range(6)
+EVAL_BATCH = 1000  # held-out examples per loss evaluation: bounds memory on MNIST-sized sets
+
+
+def held_out(config: TrainConfig, ds, dtype) -> tuple:
+    """(train, val, test) splits of ``ds`` as the run sees them, plus the validation and test inputs
+    binarized once with a fixed seed (seed + 1: the usual protocol for held-out sets; None when a
+    split is empty)."""
+    from minivae import data as data_mod
+
+    train_ds, val_ds, test_ds = data_mod.split(ds, val_fraction=config.val_fraction,
+                                               test_fraction=config.test_fraction, seed=config.seed)
+    fixed = data_mod.Binarizer("static" if config.binarize != "none" else "none", config.seed + 1)
+    val_x = fixed(val_ds.x.astype(dtype), 0) if len(val_ds.x) else None
+    test_x = fixed(test_ds.x.astype(dtype), 0) if len(test_ds.x) else None
+    return train_ds, val_ds, test_ds, val_x, test_x
+
+
+def eval_elbo(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict | None:
+    """-ELBO on held-out data (nats per example, with its standard error) from its own generator;
     None when it is not finite."""
     rng = np.random.default_rng([seed, salt])
-    y = ds.y if model.n_classes else None
+    recon, kl = [], []
     with np.errstate(over="ignore", invalid="ignore"):
-        try:
-            res = model.loss(x, y, rng=rng, check=False)
-        except FloatingPointError:
-            return None
-    per = res.recon_per_example + res.kl_per_example
-    return {"loss": res.recon + res.kl, "recon": res.recon, "kl": res.kl,
+        for s in range(0, len(x), EVAL_BATCH):
+            y = ds.y[s:s + EVAL_BATCH] if model.n_classes else None
+            try:
+                res = model.loss(x[s:s + EVAL_BATCH], y, rng=rng)
+            except FloatingPointError:
+                return None
+            recon.append(model.backend.to_host(res.recon_per_example))
+            kl.append(model.backend.to_host(res.kl_per_example))
+    r, k = np.concatenate(recon), np.concatenate(kl)
+    per = r + k
+    return {"loss": float(per.mean()), "recon": float(r.mean()), "kl": float(k.mean()),
             "stderr": float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None}
 
 
@@ -342,16 +371,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
         raise ValueError(f"conditional=True needs labels, and data {config.data!r} has none")
     if config.binarize != "none" and config.likelihood not in ("bernoulli",):
         log(f"note: binarize={config.binarize} with the {config.likelihood} likelihood")
-    train_ds, val_ds, test_ds = data_mod.split(ds, val_fraction=config.val_fraction,
-                                               test_fraction=config.test_fraction, seed=config.seed)
     model = build_model(config, ds.x.shape[1], ds.n_classes)
+    train_ds, val_ds, test_ds, val_x, test_x = held_out(config, ds, model.dtype)
     optimizer = _make_optimizer(config, model)
     binarizer = data_mod.Binarizer(config.binarize, config.seed)
-    # held-out sets are binarized once, with a fixed seed (the usual protocol for test sets)
-    eval_bin = data_mod.Binarizer("static" if config.binarize != "none" else "none",
-                                  config.seed + 1)
-    val_x = eval_bin(val_ds.x.astype(model.dtype), 0) if len(val_ds.x) else None
-    test_x = eval_bin(test_ds.x.astype(model.dtype), 0) if len(test_ds.x) else None
 
     if resume:
         load_params(model, params, str(run_dir / CHECKPOINT))
@@ -366,7 +389,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.jsonl", "summary.json", CHECKPOINT):
             (run_dir / stale).unlink(missing_ok=True)
-        state.rng_state = np.random.default_rng([config.seed, 1]).bit_generator.state
+        state.rng_state = np.random.default_rng([config.seed, TRAIN_SALT]).bit_generator.state
         state.epoch_rng_state = state.rng_state
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
@@ -385,17 +408,19 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
             perm = rng.permutation(n)
             if state.step:
                 rng.bit_generator.state = state.rng_state
-            x_epoch = binarizer(xtrain, epoch).astype(model.dtype, copy=False)
+            x_epoch = model._dev(binarizer(xtrain, epoch).astype(model.dtype, copy=False))
             beta = config.beta_at(epoch)
             bar = _progress(progress, n_batches, state.step, f"epoch {epoch + 1}/{config.epochs}")
             try:
                 while state.step < n_batches:
                     idx = perm[state.step * config.batch_size:(state.step + 1) * config.batch_size]
+                    # eps from the counter-based stream: every backend draws the same noise
+                    stream = philox.Stream(config.seed, state.eps_offset)
                     yb = train_ds.y[idx] if model.n_classes else None
                     # overflow is detected and reported below, not warned about
                     with np.errstate(over="ignore", invalid="ignore"):
                         try:
-                            res = model.loss(x_epoch[idx], yb, rng=rng, beta=beta,
+                            res = model.loss(x_epoch[model._dev(idx)], yb, rng=stream, beta=beta,
                                              n_samples=config.n_samples, check=False)
                             bad = _first_nonfinite(res)
                         except FloatingPointError:
@@ -420,6 +445,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                     state.global_step += 1
                     steps_this_call += 1
                     state.rng_state = rng.bit_generator.state
+                    state.eps_offset = stream.offset
                     if bar is not None:
                         bar.update(1)
                         if bad is None:
@@ -443,7 +469,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                    "skipped_steps": state.skipped_steps,
                    "seconds": round(time.perf_counter() - t0, 3)}
             if val_x is not None:
-                v = _eval_loss(model, val_ds, val_x, config.seed, 2)
+                v = eval_elbo(model, val_ds, val_x, config.seed, VAL_SALT)
                 if v is None:
                     msg = f"non-finite validation loss at epoch {epoch + 1}"
                     if config.on_nonfinite == "stop":
@@ -501,14 +527,15 @@ def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, sta
     summary: dict = {"epochs": state.epoch, "steps": state.global_step,
                      "skipped_steps": state.skipped_steps}
     if test_x is not None:
-        t = _eval_loss(model, test_ds, test_x, config.seed, 3)
+        t = eval_elbo(model, test_ds, test_x, config.seed, TEST_ELBO_SALT)
         if t is None:
             log("the test -ELBO is not finite: no evaluation, no pictures")
             atomic_write_text(run_dir / "summary.json", json.dumps(summary | {
                 "test_elbo_loss": None}, indent=2) + "\n")
             return summary
         y = test_ds.y if model.n_classes else None
-        iw = model.iwae(test_x, y, k=config.iwae_k, rng=np.random.default_rng([config.seed, 4]))
+        iw = model.iwae(test_x, y, k=config.iwae_k,
+                        rng=np.random.default_rng([config.seed, IWAE_SALT]))
         summary |= {"test_elbo_loss": t["loss"], "test_elbo_loss_stderr": t["stderr"],
                     "test_recon": t["recon"], "test_kl": t["kl"], "iwae_k": config.iwae_k,
                     "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": iw.stderr,
@@ -521,7 +548,7 @@ def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, sta
 
         shape = getattr(test_ds, "image_shape", None)
         made = pictures.make_all(model, test_x, test_ds.y, shape, run_dir,
-                                 np.random.default_rng([config.seed, 5]),
+                                 np.random.default_rng([config.seed, PICTURES_SALT]),
                                  metrics=_read_metrics(run_dir))
         log(f"pictures: {', '.join(p.name for p in made)}")
     log(f"run saved in {run_dir}")

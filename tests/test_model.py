@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from strategies import ATOL, RTOL, batch, latent, rng_of, seeds, width
 
 from minivae import model as model_mod
+from minivae import philox
 from minivae.gradcheck import gradcheck
 from minivae.model import VAE
 
@@ -182,8 +183,24 @@ def test_conditional_model_checks_labels():
         m.loss(np.ones((2, 4)), np.array([0.0, 1.0]), rng=rng_of(0))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_overflowing_loss_is_reported_not_propagated():
     m = VAE(4, 2, (3,), likelihood="gaussian", rng=rng_of(0))
     m.params["dec.1.W"][:] = 1e30
     with pytest.raises(FloatingPointError, match="not finite"):
         m.loss(np.ones((2, 4)), rng=rng_of(1))
+
+
+def test_a_philox_stream_draws_the_documented_noise_and_advances():
+    """With a philox.Stream, eps is element offset + j of the counter-based stream: the noise
+    every kernel backend regenerates instead of storing."""
+    rng = rng_of(8)
+    m = VAE(6, 3, (5,), dtype="float64", rng=rng)
+    x = rng.random((4, 6))
+    stream = philox.Stream(seed=77, offset=10)
+    a = m.loss(x, rng=stream, n_samples=2)
+    assert stream.offset == 10 + 2 * 4 * 3
+    eps = philox.normal_eps_like(77, 10, (2, 4, 3), "float64")
+    b = m.loss(x, eps=eps)
+    assert a.loss == b.loss
+    assert all(np.array_equal(a.grads[k], b.grads[k]) for k in a.grads)
