@@ -61,9 +61,10 @@ def _describe(x: object) -> str:
     return f"{type(x).__name__}"
 
 
-def _check_params(params: object) -> dict[str, np.ndarray]:
+def _check_params(params: object, xp: Any = np) -> dict[str, np.ndarray]:
     """A shallow copy of ``params`` after checking it is a non-empty dict of writeable,
-    non-overlapping floating-point arrays."""
+    non-overlapping floating-point arrays (of the array module ``xp``: numpy, or cupy for a GPU
+    backend, whose arrays are checked for type and dtype only)."""
     if not isinstance(params, Mapping) or len(params) == 0:
         raise ValueError(
             "params must be a non-empty dict of str -> floating-point np.ndarray, "
@@ -73,16 +74,16 @@ def _check_params(params: object) -> dict[str, np.ndarray]:
     for key, p in params.items():
         if not isinstance(key, str):
             raise ValueError(f"params keys must be str, got {key!r}")
-        if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
+        if not isinstance(p, xp.ndarray) or not np.issubdtype(p.dtype, np.floating):
             raise ValueError(
-                f"params[{key!r}] must be a floating-point np.ndarray, got {_describe(p)}"
+                f"params[{key!r}] must be a floating-point {xp.__name__}.ndarray, got {_describe(p)}"
             )
-        if not p.flags.writeable:
+        if xp is np and not p.flags.writeable:
             raise ValueError(
                 f"params[{key!r}] is read-only; the optimiser updates parameters in place"
             )
         out[key] = p
-    items = list(out.items())
+    items = list(out.items()) if xp is np else []
     for i, (ka, a) in enumerate(items):
         for kb, b in items[i + 1:]:
             if a.size and b.size and np.may_share_memory(a, b) and np.shares_memory(a, b):
@@ -121,16 +122,20 @@ class Optimizer:
 
     _state_names: tuple[str, ...] = ()
 
-    def __init__(self, params: Mapping[str, np.ndarray], lr: float) -> None:
-        self._params = _check_params(params)
+    def __init__(self, params: Mapping[str, np.ndarray], lr: float, backend: Any = None) -> None:
+        # ``backend`` (minivae.backends.Backend, optional): whose arrays the parameters are, and
+        # the fused kernel a subclass may use instead of the NumPy update (Adam's ``adam`` op).
+        self._backend = backend
+        xp = backend.xp if backend is not None else np
+        self._params = _check_params(params, xp)
         self.lr = lr
         self._step = 0
         # zeros_like keeps each parameter's memory layout.
         self._state: dict[str, dict[str, np.ndarray]] = {
-            sname: {key: np.zeros_like(p) for key, p in self._params.items()}
+            sname: {key: xp.zeros_like(p) for key, p in self._params.items()}
             for sname in self._state_names
         }
-        self._tmp_a, self._tmp_b = _scratch_views(self._params, 2)
+        self._tmp_a, self._tmp_b = _scratch_views(self._params, 2) if xp is np else ({}, {})
 
     # -- hyperparameters -------------------------------------------------------------------
     @property
@@ -177,7 +182,7 @@ class Optimizer:
             )
         for key, p in self._params.items():
             g = grads[key]
-            if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
+            if not isinstance(g, type(p)) or g.shape != p.shape or g.dtype != p.dtype:
                 raise ValueError(
                     f"grads[{key!r}] must be an array of shape {p.shape} and dtype {p.dtype} "
                     f"like its parameter, got {_describe(g)}"
@@ -230,14 +235,14 @@ class Optimizer:
             for key, buf in bufs.items():
                 k = f"{sname}/{key}"
                 v = state[k]
-                if not isinstance(v, np.ndarray) or v.shape != buf.shape or v.dtype != buf.dtype:
+                if not hasattr(v, "shape") or v.shape != buf.shape or v.dtype != buf.dtype:
                     raise ValueError(
                         f"state[{k!r}] must be an array of shape {buf.shape} and dtype "
                         f"{buf.dtype}, got {_describe(v)}"
                     )
         for sname, bufs in self._state.items():
             for key, buf in bufs.items():
-                np.copyto(buf, state[f"{sname}/{key}"])
+                buf[...] = state[f"{sname}/{key}"]  # also copies host arrays onto a device
         self._step = int(step_arr)
 
     def _hparams(self) -> dict[str, Any]:
@@ -357,6 +362,7 @@ class Adam(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        backend: Any = None,
     ) -> None:
         try:
             beta1, beta2 = betas
@@ -365,7 +371,9 @@ class Adam(Optimizer):
         self._betas = (_unit_interval("betas[0]", beta1), _unit_interval("betas[1]", beta2))
         self._eps = non_negative_float("eps", eps)
         self._weight_decay = non_negative_float("weight_decay", weight_decay)
-        super().__init__(params, lr)
+        super().__init__(params, lr, backend)
+        # one fused pass per parameter when the backend has a kernel (minivae.backends)
+        self._kernel = getattr(backend, "adam", None)
 
     betas = property(lambda self: self._betas, doc="(beta1, beta2) (read-only).")
     eps = property(lambda self: self._eps, doc="Term added to the denominator (read-only).")
@@ -389,6 +397,12 @@ class Adam(Optimizer):
         small_weight = abs(weight) < 0.5
         decay = 1 - lr * wd
         exp_avgs, exp_avg_sqs = self._state["exp_avg"], self._state["exp_avg_sq"]
+        if self._kernel is not None:
+            for key, p in self._params.items():
+                self._kernel(p, grads[key], exp_avgs[key], exp_avg_sqs[key], lr=lr, beta1=beta1,
+                             beta2=beta2, eps=eps, weight_decay=wd, decoupled=self._decoupled,
+                             step=t)
+            return
         for key, p in self._params.items():
             g = grads[key]
             m, v = exp_avgs[key], exp_avg_sqs[key]
@@ -442,8 +456,10 @@ class AdamW(Adam):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        backend: Any = None,
     ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         backend=backend)
 
 
 def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:

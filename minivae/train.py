@@ -178,8 +178,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
                     state: RunState) -> None:
-    tensors = {f"param/{k}": v for k, v in model.params.items()}
-    tensors |= {f"optim/{k}": v for k, v in optimizer.state_dict().items()}
+    host = model.backend.to_host
+    tensors = {f"param/{k}": host(v) for k, v in model.params.items()}
+    tensors |= {f"optim/{k}": host(v) for k, v in optimizer.state_dict().items()}
     meta = {"format": "minivae-checkpoint", "version": str(FORMAT_VERSION),
             "config": json.dumps(config.to_dict()), "state": json.dumps(dataclasses.asdict(state))}
     _atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
@@ -245,7 +246,12 @@ def load_params(model: VAE, params: dict, where: str) -> None:
 def _make_optimizer(config: TrainConfig, model: VAE):
     kw: dict = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
+        if model.backend.on_gpu:
+            raise ValueError(f"optimizer 'sgd' runs on the CPU; with backend "
+                             f"{model.backend.name!r} use adam or adamw")
         kw["momentum"] = config.momentum
+    else:
+        kw["backend"] = model.backend  # its fused Adam kernel, where it has one
     return make_optimizer(config.optimizer, model.params, **kw)
 
 

@@ -1,0 +1,1 @@
+"""Shared device code: the emulation header, Philox, reductions."""
