@@ -1,0 +1,49 @@
+"""bench/ runs end to end on tiny inputs (its numbers are measured, never asserted here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivae.data import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_mnist(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    d = root / "mnist"
+    d.mkdir(parents=True)
+    for prefix, n in (("train", 120), ("t10k", 40)):
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+
+
+@pytest.mark.timeout(300)
+def test_compare_runs_on_mnist_family_idx_files(tmp_path):
+    pytest.importorskip("torch", reason="the comparison trains the same model in PyTorch")
+    _fake_mnist(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "compare", "--data", "mnist", "--data-dir", str(tmp_path),
+         "--epochs", "1", "--seeds", "0,1", "--iwae-k", "4", "--no-save"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr
+    assert "| minivae |" in out.stdout and "| torch |" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.timeout(300)
+def test_train_step_benchmark_reports_every_implementation(tmp_path):
+    code = ("import json, bench.train_step as t; "
+            "print(json.dumps(t.run((16,), rounds=1, steps=2, warmup=1)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=280)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    impls = {r["impl"] for r in res["results"]}
+    assert "minivae-numpy" in impls
+    assert res["matmul_peak_gflops"] > 0
+    assert all(r["median_ms"] > 0 for r in res["results"] if "median_ms" in r)
