@@ -470,7 +470,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                 break
 
             s = state.sums
+            # train_loss is the objective optimised (recon + beta KL); train_neg_elbo is -ELBO
             rec = {"epoch": epoch, "beta": beta, "train_loss": s[0] / max(s[3], 1),
+                   "train_neg_elbo": (s[1] + s[2]) / max(s[3], 1),
                    "train_recon": s[1] / max(s[3], 1), "train_kl": s[2] / max(s[3], 1),
                    "skipped_steps": state.skipped_steps,
                    "seconds": round(time.perf_counter() - t0, 3)}
@@ -488,8 +490,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                 else:
                     state.epochs_since_best += 1
             _record(run_dir, rec)
-            log(f"epoch {epoch + 1:3d}/{config.epochs}  train -ELBO {rec['train_loss']:8.3f} "
+            log(f"epoch {epoch + 1:3d}/{config.epochs}  train -ELBO {rec['train_neg_elbo']:8.3f} "
                 f"(recon {rec['train_recon']:.3f}, KL {rec['train_kl']:.3f})"
+                + (f"  objective {rec['train_loss']:.3f} (beta {beta:g})" if beta != 1 else "")
                 + (f"  val -ELBO {rec['val_loss']:8.3f}" if rec.get("val_loss") is not None else ""))
             state.epoch, state.step, state.sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
             state.epoch_rng_state = state.rng_state
