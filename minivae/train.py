@@ -167,6 +167,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user knows, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -263,10 +266,20 @@ def _record(run_dir: Path, rec: dict) -> None:
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
+    """The epoch records; a line cut short by a crash mid-write is dropped (the resumed run
+    rewrites that epoch's record)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+            out.append(rec)
+    return out
 
 
 def _truncate_metrics(run_dir: Path, epochs_done: int) -> None:
@@ -397,6 +410,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
             (run_dir / stale).unlink(missing_ok=True)
         state.rng_state = np.random.default_rng([config.seed, TRAIN_SALT]).bit_generator.state
         state.epoch_rng_state = state.rng_state
+    for leftover in run_dir.glob(".*.tmp"):  # a writer killed before its rename left these
+        leftover.unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     rng = np.random.default_rng()
