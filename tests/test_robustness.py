@@ -218,3 +218,57 @@ def test_loss_gradients_and_iwae_stay_finite_at_extremes(dtype, logvar_bias, log
         # log p(x|z) does not depend on z here; the rest of log w, log p(z) - log q(z|x), averages
         # to 1 in probability, so the estimate is log p(x|z) plus a finite (possibly large) term
         assert np.all(iw.log_px <= -flips * 1e4 + 200 * abs(logvar_bias))
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile HDF5 files: the HDF5 C library runs in a child process, so a crash in it would show as a
+# failed test instead of taking the test run down
+
+
+_H5_CHILD = r"""
+import sys, json
+from minivae.data import DataError, load_dataset
+out = []
+for path in sys.argv[1:]:
+    try:
+        ds = load_dataset(path, key="x")
+        out.append("ok" if ds.x.size and (ds.x == ds.x).all() else "bad-array")
+    except DataError:
+        out.append("DataError")
+    except Exception as e:
+        out.append(f"{type(e).__name__}: {e}")
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def good_h5(tmp_path_factory):
+    h5py = pytest.importorskip("h5py", reason="h5py is the optional [hdf5] extra")
+    path = tmp_path_factory.mktemp("h5") / "good.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.random.default_rng(0).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    return path.read_bytes()
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+@pytest.mark.timeout(300)
+def test_corrupted_hdf5_files_raise_only_data_errors(tmp_path_factory, good_h5, data):
+    folder = tmp_path_factory.mktemp("h5fuzz")
+    paths = []
+    for i in range(12):
+        blob = bytearray(good_h5)
+        if data.draw(st.booleans(), label="truncate"):
+            blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="cut")]
+        for _ in range(data.draw(st.integers(1, 12), label="flips") if blob else 0):
+            j = data.draw(st.integers(0, len(blob) - 1), label="at")
+            blob[j] = data.draw(st.integers(0, 255), label="byte")
+        (folder / f"m{i}.h5").write_bytes(bytes(blob))
+        paths.append(str(folder / f"m{i}.h5"))
+    proc = subprocess.run([sys.executable, "-c", _H5_CHILD, *paths], capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, f"the reader crashed: {proc.returncode} {proc.stderr[-500:]}"
+    import json
+
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(o in ("ok", "DataError") for o in outcomes), outcomes
