@@ -30,15 +30,37 @@ def blas_info() -> list[dict]:
         return []
 
 
+def gpu_name() -> str | None:
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    except Exception:  # no cupy, no driver, no device: a CPU machine
+        return None
+    return None
+
+
+def device_name() -> str:
+    """The GPU when there is one, else the CPU: what the results folder is named after."""
+    return gpu_name() or cpu_model()
+
+
 def environment() -> dict:
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "gpu": gpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": blas_info(),
     }
+    for mod in ("numba", "cupy", "numba_cuda", "jax"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = None
     try:
         import torch
 

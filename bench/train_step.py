@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from minivae import backends, philox
 from minivae.model import VAE
 from minivae.optim import Adam
 
@@ -53,23 +54,28 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def minivae_step(batch: int, seed: int = 0) -> Callable[[int], float]:
+def minivae_step(batch: int, seed: int = 0, backend: str = "numpy") -> Callable[[int], float]:
+    """One training step of minivae on ``backend``; eps from the Philox stream (in-kernel on the
+    kernel backends), data already on the backend's device."""
     rng = np.random.default_rng(seed)
-    x = (rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32)
-    model = VAE(X_DIM, Z_DIM, (HIDDEN,), rng=rng)
-    opt = Adam(model.params, lr=1e-3)
+    model = VAE(X_DIM, Z_DIM, (HIDDEN,), rng=rng, backend=backend)
+    x = model._dev((rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32))
+    opt = Adam(model.params, lr=1e-3, backend=model.backend)
+    stream = philox.Stream(seed)
     n_batches = N_TRAIN // batch
 
     def step(i: int) -> float:
         k = i % n_batches
-        res = model.loss(x[k * batch:(k + 1) * batch], rng=rng, check=False)
+        res = model.loss(x[k * batch:(k + 1) * batch], rng=stream, check=False)
         opt.step(res.grads)
         return res.loss
 
     return step
 
 
-def torch_step(batch: int, seed: int = 0) -> Callable[[int], float] | None:
+def torch_step(batch: int, seed: int = 0, variant: str = "eager") -> Callable[[int], float] | None:
+    """PyTorch on the CPU: "eager", "fused-adam" (Adam's fused kernel) or "compile"
+    (torch.compile of the loss). None when torch is not installed."""
     try:
         import torch
     except ImportError:
@@ -95,13 +101,14 @@ def torch_step(batch: int, seed: int = 0) -> Callable[[int], float] | None:
     rng = np.random.default_rng(seed)
     x = torch.from_numpy((rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32))
     model = TorchVAE()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=variant == "fused-adam")
+    forward = torch.compile(model) if variant == "compile" else model
     n_batches = N_TRAIN // batch
 
     def step(i: int) -> float:
         k = i % n_batches
         opt.zero_grad(set_to_none=False)
-        loss = model(x[k * batch:(k + 1) * batch])
+        loss = forward(x[k * batch:(k + 1) * batch])
         loss.backward()
         opt.step()
         return loss.item()
@@ -119,7 +126,8 @@ def _round(step: Callable[[int], float], steps: int, start: int) -> tuple[float,
     return dt, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
 
-def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10) -> dict:
+def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
+        torch_variants=("eager", "fused-adam", "compile")) -> dict:
     """Interleaved rounds of every implementation at each batch size."""
     peak = matmul_peak()
     try:
@@ -129,14 +137,20 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10)
     except ImportError:
         threads = None
     out: dict = {"matmul_peak_gflops": peak, "torch_threads": threads, "results": []}
+    ok = [n for n, status in backends.available().items() if status == "ok"]
     for batch in batches:
-        impls = {"minivae-numpy": minivae_step(batch)}
-        t = torch_step(batch)
-        if t is not None:
-            impls["torch-eager"] = t
-        for fn in impls.values():
-            for i in range(warmup):
-                fn(i)
+        impls = {f"minivae-{name}": minivae_step(batch, backend=name) for name in ok}
+        for variant in torch_variants:
+            t = torch_step(batch, variant=variant)
+            if t is not None:
+                impls[f"torch-{variant}"] = t
+        for name, fn in list(impls.items()):
+            try:
+                for i in range(warmup):
+                    fn(i)
+            except Exception as e:  # e.g. torch.compile without a working compiler here
+                out.setdefault("failed", []).append(f"{name} at batch {batch}: {type(e).__name__}: {e}")
+                del impls[name]
         times: dict[str, list[float]] = {k: [] for k in impls}
         faults: dict[str, list[float]] = {k: [] for k in impls}
         for r in range(rounds):
@@ -153,12 +167,12 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10)
                 "share_of_peak": flops / med / 1e9 / peak,
                 "page_faults_per_step": statistics.median(faults[name]),
             })
-        if "torch-eager" in impls:
-            out["results"].append({
-                "batch": batch, "impl": "ratio minivae-numpy / torch-eager (median throughput)",
-                "ratio": statistics.median(times["torch-eager"]) / statistics.median(
-                    times["minivae-numpy"]),
-            })
+        for name in impls:
+            if name.startswith("minivae-") and "torch-eager" in impls:
+                out["results"].append({
+                    "batch": batch, "impl": f"ratio {name} / torch-eager (median throughput)",
+                    "ratio": statistics.median(times["torch-eager"]) / statistics.median(times[name]),
+                })
     return out
 
 

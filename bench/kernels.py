@@ -1,0 +1,284 @@
+"""Every costly op, every available backend, over a size sweep, against the machine's ceilings.
+
+For each op (linear forward and backward, the fused latent sampling + KL forward and backward, the
+Bernoulli likelihood, the Adam update) and each backend available here, the op is first validated
+against the NumPy reference, then timed (median and minimum after warm-up, backends interleaved
+round by round), then validated again: a run that fails validation is reported as failed, never as
+a speed. Napkin math turns times into GFLOP/s (GEMMs: 2 M N K per product) or GB/s (elementwise:
+bytes that must cross memory at least once), and into a share of the ceiling measured in the same
+run: the float32 matmul peak of the vendor BLAS (cuBLAS on a GPU) and the memory copy bandwidth.
+
+On the CPU the ``numpy`` backend *is* the vendor-library way (BLAS GEMM, then separate NumPy passes
+for bias and activation), so the value of fusion is the ratio beside it. On a GPU the same NumPy
+reference functions run on CuPy arrays (cuBLAS, then separate elementwise kernels) as the
+``cupy-vendor`` row.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from minivae import backends as backends_mod
+from minivae.backends import NUMPY, Backend
+
+F32 = 4  # bytes
+
+
+@dataclass
+class Case:
+    """One op at one size: ``make(backend)`` returns a zero-argument callable that runs the op and
+    returns its outputs (host arrays for validation are taken with ``backend.to_host``)."""
+
+    op: str
+    size: str
+    work: float  # FLOPs (kind "flops") or bytes (kind "bytes")
+    kind: str
+    make: Callable[[Backend], Callable[[], tuple]]
+
+
+def _rand(xp, shape, rng, scale=1.0, dtype=np.float32):
+    return xp.asarray((rng.standard_normal(shape) * scale).astype(dtype))
+
+
+def linear_cases(sizes) -> list[Case]:
+    out = []
+    for m, k, n in sizes:
+        def make_fwd(be, m=m, k=k, n=n):
+            rng = np.random.default_rng(0)
+            x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
+            return lambda: (be.linear_forward(x, W, b, "relu")[0],)
+
+        def make_bwd(be, m=m, k=k, n=n):
+            rng = np.random.default_rng(0)
+            x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
+            _, cache = be.linear_forward(x, W, b, "relu")
+            dy = _rand(be.xp, (m, n), rng)
+            return lambda: be.linear_backward(dy, cache, True)
+
+        out.append(Case("linear_forward (relu)", f"{m}x{k}->{n}", 2 * m * n * k, "flops", make_fwd))
+        out.append(Case("linear_backward (relu)", f"{m}x{k}->{n}", 4 * m * n * k, "flops", make_bwd))
+    return out
+
+
+def latent_cases(sizes) -> list[Case]:
+    out = []
+    for n, d in sizes:
+        def make_fwd(be, n=n, d=d):
+            h = _rand(be.xp, (n, 2 * d), np.random.default_rng(0))
+            return lambda: be.latent_forward(h, 1, key=(7, 0))[:2]
+
+        def make_bwd(be, n=n, d=d):
+            rng = np.random.default_rng(0)
+            h = _rand(be.xp, (n, 2 * d), rng)
+            _, _, cache = be.latent_forward(h, 1, key=(7, 0))
+            dz = _rand(be.xp, (1, n, d), rng)
+            return lambda: (be.latent_backward(dz, 0.01, cache),)
+
+        # forward reads [mu|logvar], writes z and kl; backward reads dz and [mu|logvar], writes dh
+        out.append(Case("latent_forward", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make_fwd))
+        out.append(Case("latent_backward", f"{n}x{d}", F32 * 5 * n * d, "bytes", make_bwd))
+    return out
+
+
+def bernoulli_cases(sizes) -> list[Case]:
+    out = []
+    for n, d in sizes:
+        def make(be, n=n, d=d):
+            rng = np.random.default_rng(0)
+            x = be.xp.asarray((rng.random((n, d)) < 0.3).astype(np.float32))
+            logits = _rand(be.xp, (n, d), rng, 3.0)
+            return lambda: be.bernoulli(x, logits, -1.0 / n)
+
+        out.append(Case("bernoulli", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make))
+    return out
+
+
+def adam_cases(sizes) -> list[Case]:
+    out = []
+    for p in sizes:
+        def make(be, p=p):
+            if be.adam is None:
+                from minivae.optim import Adam
+
+                rng = np.random.default_rng(0)
+                params = {"w": _rand(be.xp, p, rng)}
+                opt = Adam(params, lr=1e-3)
+                g = {"w": _rand(be.xp, p, rng)}
+                return lambda: (opt.step(g), params["w"])[1:]
+            rng = np.random.default_rng(0)
+            w, g = _rand(be.xp, p, rng), _rand(be.xp, p, rng)
+            m, v = be.xp.zeros_like(w), be.xp.zeros_like(w)
+
+            def run():
+                be.adam(w, g, m, v, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                        decoupled=False, step=1)
+                return (w,)
+
+            return run
+
+        # reads p, g, m, v and writes p, m, v
+        out.append(Case("adam", f"{p}", F32 * 7 * p, "bytes", make))
+    return out
+
+
+def all_cases(quick: bool) -> list[Case]:
+    if quick:
+        lin = [(128, 784, 400), (128, 400, 40), (1024, 784, 400)]
+        lat, brn, adm = [(128, 20), (8192, 20)], [(128, 784), (1024, 784)], [313_600, 2_000_000]
+    else:
+        lin = [(128, 784, 400), (128, 400, 40), (128, 20, 400), (128, 400, 784), (1024, 784, 400),
+               (4096, 1024, 1024), (8192, 4096, 4096)]
+        lat = [(128, 20), (1024, 20), (8192, 64), (65536, 64)]
+        brn = [(128, 784), (1024, 784), (8192, 784), (8192, 4096)]
+        adm = [313_600, 2_000_000, 16_000_000]
+    return linear_cases(lin) + latent_cases(lat) + bernoulli_cases(brn) + adam_cases(adm)
+
+
+# ------------------------------------------------------------------------------------------------
+# ceilings
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """GB/s of a memory copy moving ``nbytes`` in all (read + write), best of several: the ceiling
+    of an elementwise op with the same working set (in cache when small, DRAM when large)."""
+    a = np.ones(max(nbytes // (2 * F32), 1024), np.float32)
+    b = np.empty_like(a)
+    reps = max(1, int(2e7 // a.nbytes))
+    np.copyto(b, a)
+    best = min(_time(lambda: [np.copyto(b, a) for _ in range(reps)]) for _ in range(5)) / reps
+    return 2 * a.nbytes / best / 1e9
+
+
+def cpu_ceilings(n: int = 2048, copy_mib: int = 256) -> dict:
+    from bench.train_step import matmul_peak
+
+    return {"matmul_gflops": matmul_peak(n), "copy_gbs": copy_bandwidth(copy_mib * 2**20)}
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------------------
+# validation and timing
+
+
+def _close(got: tuple, ref: tuple, be: Backend, kind: str) -> str | None:
+    """None if every output matches the reference, else why not."""
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        if g is None and r is None:
+            continue
+        g, r = be.to_host(g), NUMPY.to_host(r)
+        if g.shape != r.shape:
+            return f"output {i} has shape {g.shape}, expected {r.shape}"
+        if not np.isfinite(g).all():
+            return f"output {i} holds NaN/inf"
+        tol = 1e-3 if kind == "flops" else 1e-4  # GEMMs: float32 rounding grows with K
+        scale = max(float(np.abs(r).max()), 1e-30)
+        err = float(np.abs(g - r).max()) / scale
+        if err > tol:
+            return f"output {i} is off by {err:.2e} of its scale"
+    return None
+
+
+def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=print) -> dict:
+    names = backend_names or [n for n, s in backends_mod.available().items() if s == "ok"]
+    bes = [backends_mod.get_backend(n) for n in names]
+    rounds = rounds or (3 if quick else 7)
+    ceilings = cpu_ceilings()
+    copy_bw: dict[float, float] = {}
+    rows = []
+    for case in all_cases(quick):
+        ref = case.make(NUMPY)()
+        fns, status = {}, {}
+        for be in bes:
+            try:
+                fn = case.make(be)
+                got = fn()  # also the warm-up (and JIT compile)
+                status[be.name] = _close(got, ref, be, case.kind)
+                fns[be.name] = fn
+            except Exception as e:  # a backend that cannot run this case is reported, not timed
+                status[be.name] = f"{type(e).__name__}: {e}"
+        times: dict[str, list[float]] = {k: [] for k in fns if status[k] is None}
+        reps = 3
+        for _ in range(rounds):  # interleaved: every backend once per round
+            for name in times:
+                t = time.perf_counter()
+                for _ in range(reps):
+                    fns[name]()
+                times[name].append((time.perf_counter() - t) / reps)
+        for be in bes:
+            name = be.name
+            if status.get(name) is None and name in times:
+                # validated again after timing (a fresh instance: Adam's state moved on)
+                status[name] = _close(case.make(be)(), ref, be, case.kind)
+            row = {"op": case.op, "size": case.size, "backend": name, "status": status.get(name)}
+            if row["status"] is None and times.get(name):
+                med, best = statistics.median(times[name]), min(times[name])
+                rate = case.work / med / 1e9
+                if case.kind == "flops":
+                    ceiling = ceilings["matmul_gflops"]
+                else:  # a copy of the same working set: cache-resident sizes get a cache ceiling
+                    ceiling = copy_bw.setdefault(case.work, copy_bandwidth(int(case.work)))
+                row |= {"median_us": med * 1e6, "min_us": best * 1e6,
+                        "rate": rate, "unit": "GFLOP/s" if case.kind == "flops" else "GB/s",
+                        "ceiling": ceiling, "share_of_ceiling": rate / ceiling}
+            rows.append(row)
+        log(f"{case.op} {case.size}: " + ", ".join(
+            f"{r['backend']} {r['median_us']:.0f} us" if r.get("median_us") else
+            f"{r['backend']} FAILED ({r['status']})" for r in rows[-len(bes):]))
+    return {"ceilings": ceilings, "backends": names, "rows": rows}
+
+
+def table(res: dict) -> str:
+    c = res["ceilings"]
+    lines = [f"Ceilings measured in this run: float32 matmul {c['matmul_gflops']:.0f} GFLOP/s; "
+             f"memory copy {c['copy_gbs']:.1f} GB/s at 256 MiB (elementwise ops are compared with a "
+             "copy of their own working set, so cache-resident sizes meet a cache ceiling).", "",
+             "| op | size | backend | median us | min us | rate | share of ceiling | vs numpy |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    ref = {(r["op"], r["size"]): r.get("median_us") for r in res["rows"] if r["backend"] == "numpy"}
+    for r in res["rows"]:
+        if r.get("median_us") is None:
+            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} | | | | |")
+            continue
+        base = ref.get((r["op"], r["size"]))
+        speed = f"{base / r['median_us']:.2f}x" if base else ""
+        lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_us']:.1f} | "
+                     f"{r['min_us']:.1f} | {r['rate']:.1f} {r['unit']} | "
+                     f"{100 * r['share_of_ceiling']:.0f}% | {speed} |")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path) -> None:
+    """Time per op and size, one line per backend; and the share of the ceiling reached."""
+    from matplotlib.figure import Figure
+
+    ops = list(dict.fromkeys(r["op"] for r in res["rows"]))
+    fig = Figure(figsize=(4 * len(ops), 7), constrained_layout=True)
+    axes = fig.subplots(2, len(ops), squeeze=False)
+    for j, op in enumerate(ops):
+        rows = [r for r in res["rows"] if r["op"] == op and r.get("median_us")]
+        sizes = list(dict.fromkeys(r["size"] for r in rows))
+        for name in res["backends"]:
+            pts = [(sizes.index(r["size"]), r["median_us"], r["share_of_ceiling"])
+                   for r in rows if r["backend"] == name]
+            if pts:
+                xs, ts, ss = zip(*pts, strict=True)
+                axes[0][j].plot(xs, ts, "o-", label=name)
+                axes[1][j].plot(xs, [100 * s for s in ss], "o-", label=name)
+        for ax in axes[:, j]:
+            ax.set_xticks(range(len(sizes)), sizes, rotation=45, fontsize=7)
+        axes[0][j].set_yscale("log")
+        axes[0][j].set_title(op, fontsize=9)
+        axes[0][j].set_ylabel("median time (us)")
+        axes[1][j].set_ylabel("% of measured ceiling")
+        axes[0][j].legend(fontsize=7)
+    fig.savefig(path, dpi=90)
