@@ -79,6 +79,7 @@ TRAIN_FLAGS = {
     "seed": (int, "seed of every random draw of the run"),
     "iwae_k": (int, "importance samples for the final test NLL estimate"),
     "on_nonfinite": (str, "stop | skip: what a NaN/inf loss or gradient does"),
+    "backend": (str, "numpy | numba | cupy | numba-cuda | auto (the fastest available here)"),
 }
 
 
