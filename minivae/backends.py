@@ -21,8 +21,10 @@ array module; N examples, d latent dimensions, L samples):
     per-example log-likelihood (N,) and ``dlogp * d logp / d logits`` in one pass (dlogp a scalar:
     the loss weights every example alike).
 
-``adam`` (one pass over parameter, gradient and both moments) is used by ``minivae.optim`` when the
-backend has one.
+``adam(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, step) -> None``
+    optional: one Adam (or, ``decoupled``, AdamW) step in place, one pass over parameter, gradient
+    and both moments; ``minivae.optim.Adam`` calls it when the backend has one (the backend's
+    optimiser tests step ``optim.Adam`` through it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,90 @@
+"""The ``cupy`` backend: minivae's costly ops as the CUDA C kernels of ``kernels/*/*.cu``, compiled by
+``cupy.RawModule`` and run on a GPU (arrays are CuPy arrays, ``xp = cupy``).
+
+Maps ``minivae.backends``' table onto the launchers: ``linear/cuda_c.py`` (production rung),
+``latent/cuda_c.py``, ``likelihood/cuda_c.py`` and ``optim/cuda_c.py``, each with ``backend="cupy"``.
+``backend()`` raises ImportError, naming the reason, when CuPy is not installed or sees no GPU;
+``minivae.backends.get_backend`` reports that as BackendUnavailable. The kernels are float32 (what
+the GPU runs): a float64 model's arrays are refused by the launchers, naming the array.
+
+The latent kernels draw eps from the Philox stream ``key`` and regenerate it in the backward. When
+the caller hands eps itself (a numpy Generator drew it), the reference functions of
+``minivae.latent`` run on the CuPy arrays instead (CuPy implements NumPy's ufunc and function
+protocols); no kernel takes a stored eps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minivae.backends import Backend
+from minivae.latent import kl_backward, kl_forward, reparameterize_backward, reparameterize_forward
+
+
+def _cupy_with_a_gpu() -> Any:
+    """The cupy module, or ImportError saying why it cannot run here."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise ImportError(f"cupy is not installed ({e}); pip install 'minivae[gpu]' (CUDA 12) or "
+                          "'minivae[gpu13]' (CUDA 13) on a machine with an NVIDIA GPU") from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, or a driver too old for this CuPy: all mean no usable GPU
+        raise ImportError(f"no CUDA GPU: CuPy cannot reach a device ({type(e).__name__}: {e})") from e
+    if count == 0:
+        raise ImportError("no CUDA GPU: CuPy sees no device")
+    return cupy
+
+
+def backend() -> Backend:
+    """The CuPy + CUDA C backend, named "cupy" (ImportError without CuPy or a GPU)."""
+    cupy = _cupy_with_a_gpu()
+    from minivae.kernels.latent import cuda_c as latent
+    from minivae.kernels.likelihood import cuda_c as likelihood
+    from minivae.kernels.linear import cuda_c as linear
+    from minivae.kernels.optim import cuda_c as optim
+
+    # The launchers take row-strided matrices for the linear op and C-contiguous arrays elsewhere;
+    # the model slices (dz out of a wider gradient, mu and logvar out of h), so copy only those.
+    c = cupy.ascontiguousarray
+    gpu = "cupy"
+
+    def linear_forward(x, W, b, act):
+        y = linear.forward(x, W, b, act, backend=gpu)
+        return y, (x, W, act, None if act is None else y)
+
+    def linear_backward(dy, cache, need_dx=True):
+        x, W, act, y = cache
+        return linear.backward(dy, x, W, y, act, need_dx=need_dx, backend=gpu)
+
+    def latent_forward(h, n_samples, eps=None, key=None):
+        d = h.shape[1] // 2
+        mu, logvar = c(h[:, :d]), c(h[:, d:])
+        if eps is None:
+            seed, offset = key
+            z, kl = latent.forward(mu, logvar, seed, offset, n_samples, backend=gpu)
+            return z, kl, (mu, logvar, key, None)
+        z, z_cache = reparameterize_forward(mu, logvar, eps)
+        return z, kl_forward(mu, logvar), (mu, logvar, None, z_cache)
+
+    def latent_backward(dz, kl_weight, cache):
+        mu, logvar, key, z_cache = cache
+        if key is not None:
+            seed, offset = key
+            dmu, dlogvar = latent.backward(c(dz), mu, logvar, seed, offset, kl_weight, backend=gpu)
+        else:
+            dmu, dlogvar = reparameterize_backward(dz, z_cache)
+            dmu_kl, dlogvar_kl = kl_backward(cupy.full(mu.shape[0], kl_weight, mu.dtype), mu, logvar)
+            dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl
+        return cupy.concatenate([dmu, dlogvar], axis=1)
+
+    def bernoulli(x, logits, dlogp):
+        return likelihood.bernoulli_forward_backward(c(x), c(logits), dlogp, backend=gpu)
+
+    def adam(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+        optim.adam_step(p, g, m, v, step=step, lr=lr, betas=(beta1, beta2), eps=eps,
+                        weight_decay=weight_decay, decoupled=decoupled, backend=gpu)
+
+    return Backend("cupy", cupy, linear_forward, linear_backward, latent_forward, latent_backward, bernoulli,
+                   adam=adam, on_gpu=True)
