@@ -29,6 +29,15 @@ from minivae.likelihoods import LIKELIHOODS, make_likelihood
 IWAE_CHUNK_ELEMENTS = 1 << 22
 
 
+def _generator(name: str, rng, alternative: str = "") -> np.random.Generator:
+    """``rng`` if it is a seeded numpy Generator (there is no global RNG), else ValueError."""
+    if not isinstance(rng, np.random.Generator):
+        what = f"a numpy.random.Generator{' ' + alternative if alternative else ''}"
+        raise ValueError(f"{name} must be {what} (e.g. numpy.random.default_rng(seed)), "
+                         f"got {type(rng).__name__}")
+    return rng
+
+
 @dataclass
 class LossResult:
     """One evaluation of -ELBO with its gradients.
@@ -95,8 +104,7 @@ class VAE:
         _checks.choice("likelihood", likelihood, tuple(LIKELIHOODS))
         if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 0:
             raise ValueError(f"n_classes must be an integer >= 0, got {n_classes!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        _generator("rng", rng)
         self.n_classes = int(n_classes)
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.activation = activation
@@ -161,7 +169,7 @@ class VAE:
         shape = (n_samples, n, self.z_dim)
         if isinstance(rng, philox.Stream):
             return rng.normal(shape, self.dtype)
-        return rng.standard_normal(shape, dtype=self.dtype)
+        return _generator("rng", rng).standard_normal(shape, dtype=self.dtype)
 
     # ------------------------------------------------------------------------------------------
     # the two networks, composed from the backend's fused linear(+activation) op
@@ -228,6 +236,8 @@ class VAE:
             if rng is None:
                 raise ValueError("give eps or rng: every random draw comes from an explicit generator")
             n_samples = _checks.positive_int("n_samples", n_samples)
+            if not isinstance(rng, philox.Stream):
+                _generator("rng", rng, "or a minivae.philox.Stream")
             if isinstance(rng, philox.Stream):
                 key = rng.take(n_samples * n * d)  # the backend draws (or regenerates) this noise
             else:
@@ -290,6 +300,7 @@ class VAE:
         """
         k = _checks.positive_int("k", k)
         batch_size = _checks.positive_int("batch_size", batch_size)
+        _generator("rng", rng)
         x = self._check_x(x)
         y1_all = self.one_hot(y, len(x))
         out_log_px = np.empty(len(x))
@@ -321,6 +332,6 @@ class VAE:
     def sample(self, n: int, rng: np.random.Generator, y=None, *, mean: bool = True) -> np.ndarray:
         """n draws from the model: z ~ N(0, I), then the likelihood's mean (or a sample) of x."""
         n = _checks.positive_int("n", n)
-        z = rng.standard_normal((n, self.z_dim), dtype=self.dtype)
+        z = _generator("rng", rng).standard_normal((n, self.z_dim), dtype=self.dtype)
         out = self.decode(z, y)
         return self.likelihood.mean(out) if mean else self.likelihood.sample(out, rng)

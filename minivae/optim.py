@@ -162,7 +162,8 @@ class Optimizer:
         """Update every parameter in place from ``grads`` (same keys, shapes and dtypes).
 
         ``grads`` is not modified. Raises ValueError, before touching anything, if ``grads``
-        does not match the parameters.
+        does not match the parameters, and FloatingPointError, naming the first such parameter,
+        if a gradient holds NaN or inf (a step would write it into the weights).
         """
         self._check_grads(grads)
         self._update(grads)
@@ -187,6 +188,27 @@ class Optimizer:
                     f"grads[{key!r}] must be an array of shape {p.shape} and dtype {p.dtype} "
                     f"like its parameter, got {_describe(g)}"
                 )
+        self._check_finite(grads)
+
+    def _check_finite(self, grads: Mapping[str, np.ndarray]) -> None:
+        """FloatingPointError naming the first gradient with a NaN or inf. A sum is finite only if
+        every term is (NaN and inf propagate), so one reduction per gradient, and a single value
+        brought back from a device, decide the common case; only a non-finite sum (a NaN, an inf,
+        or finite values that overflow when added) looks at the elements."""
+        xp = self._backend.xp if self._backend is not None else np
+        if xp is np:
+            total = 0.0
+            for g in grads.values():
+                total += float(g.sum())
+        else:
+            total = float(xp.stack([g.sum() for g in grads.values()]).astype(np.float64).sum())
+        if math.isfinite(total):
+            return
+        for key, g in grads.items():
+            if not bool(xp.isfinite(g).all()):
+                bad = int((~xp.isfinite(g)).sum())
+                raise FloatingPointError(f"grads[{key!r}] is not finite ({bad} of {g.size} entries are "
+                                         "NaN or inf): the step would write them into the parameters")
 
     # -- state -----------------------------------------------------------------------------
     def _state_keys(self) -> list[str]:

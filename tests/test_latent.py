@@ -77,6 +77,15 @@ def test_closed_form_kl_matches_monte_carlo_within_its_standard_error():
     # The other conventions are many standard errors away: this test can tell them apart.
     as_log_std = kl_forward(mu, 2 * logvar)
     assert np.all(np.abs(as_log_std - mc) > 20 * se)
+    # Read as a variance v (where it is positive), the same numbers give 1/2 (mu^2 + v - log v - 1)
+    # per dimension: compare dimension by dimension with the per-dimension Monte-Carlo estimate.
+    per_dim = log_q - log_p  # (m, N, d)
+    mc_d, se_d = per_dim.mean(axis=0), per_dim.std(axis=0) / np.sqrt(m)
+    closed_d = 0.5 * (mu**2 + np.expm1(logvar) - logvar)
+    assert np.all(np.abs(closed_d - mc_d) < 4 * se_d), (closed_d, mc_d, se_d)
+    v = logvar > 0
+    as_variance = 0.5 * (mu[v] ** 2 + logvar[v] - np.log(logvar[v]) - 1)
+    assert v.sum() == 3 and np.all(np.abs(as_variance - mc_d[v]) > 10 * se_d[v])
 
 
 def test_kl_is_zero_at_the_prior_and_exact_near_it():

@@ -148,6 +148,10 @@ BAD_CALLS = [
     (lambda m, r: m.loss(np.ones((2, 4)), np.array([0, 1]), rng=r), "not conditional"),
     (lambda m, r: m.iwae(np.ones((2, 4)), k=0, rng=r), "k must be a positive"),
     (lambda m, r: m.decode(np.ones((2, 3))), "z must have shape"),
+    (lambda m, r: m.loss(np.ones((2, 4)), rng=3), "rng must be a numpy.random.Generator or a minivae.philox"),
+    (lambda m, r: m.iwae(np.ones((2, 4)), k=2, rng=None), "rng must be a numpy.random.Generator"),
+    (lambda m, r: m.sample(2, None), "rng must be a numpy.random.Generator"),
+    (lambda m, r: m.draw_eps(2, np.random.RandomState(0)), "rng must be a numpy.random.Generator"),
 ]
 
 
@@ -166,11 +170,12 @@ def test_bad_input_raises_value_error_naming_the_argument(call, match):
     (dict(likelihood="poisson"), "likelihood must be one of"),
     (dict(dtype="float16"), "dtype must be 'float32' or 'float64'"),
     (dict(n_classes=-1), "n_classes must be an integer >= 0"),
+    (dict(rng=np.random.RandomState(0)), "rng must be a numpy.random.Generator"),
 ])
 def test_bad_model_arguments_raise_value_error(kwargs, match):
     args = dict(x_dim=4, z_dim=2, hidden=(3,)) | kwargs
     with pytest.raises(ValueError, match=match):
-        VAE(args.pop("x_dim"), rng=rng_of(0), **args)
+        VAE(args.pop("x_dim"), **({"rng": rng_of(0)} | args))
 
 
 def test_conditional_model_checks_labels():

