@@ -13,6 +13,7 @@ work is not counted) gives the share of that peak the step reaches.
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -126,17 +127,48 @@ def _round(step: Callable[[int], float], steps: int, start: int) -> tuple[float,
     return dt, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
 
-def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
-        torch_variants=("eager", "fused-adam", "compile")) -> dict:
-    """Interleaved rounds of every implementation at each batch size."""
-    peak = matmul_peak()
+def blas_threads() -> int:
+    """How many threads NumPy's BLAS runs (threadpoolctl, which scikit-learn brings), else the
+    CPU count (OpenBLAS's and MKL's default)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts = [d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"]
+        if counts:
+            return max(counts)
+    except ImportError:
+        pass
+    return os.cpu_count() or 1
+
+
+def same_threads() -> dict:
+    """Put PyTorch (intra-op) and Numba on NumPy's BLAS thread count, so every implementation in
+    the run computes on the same threads; returns the counts in force."""
+    threads = blas_threads()
+    out = {"blas_threads": threads, "torch_threads": None, "numba_threads": None}
     try:
         import torch
 
-        threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        out["torch_threads"] = torch.get_num_threads()
     except ImportError:
-        threads = None
-    out: dict = {"matmul_peak_gflops": peak, "torch_threads": threads, "results": []}
+        pass
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        out["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    return out
+
+
+def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
+        torch_variants=("eager", "fused-adam", "compile")) -> dict:
+    """Interleaved rounds of every implementation at each batch size, all on the same threads."""
+    threads = same_threads()
+    peak = matmul_peak()
+    out: dict = {"matmul_peak_gflops": peak, **threads, "results": []}
     ok = [n for n, status in backends.available().items() if status == "ok"]
     for batch in batches:
         impls = {f"minivae-{name}": minivae_step(batch, backend=name) for name in ok}
@@ -178,7 +210,8 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
 
 def table(res: dict) -> str:
     lines = [f"float32 matmul peak (2048^3, same run): {res['matmul_peak_gflops']:.1f} GFLOP/s; "
-             f"torch threads: {res['torch_threads']}", "",
+             f"threads: BLAS {res.get('blas_threads')}, torch {res['torch_threads']}, "
+             f"numba {res.get('numba_threads')}", "",
              "| batch | implementation | median ms/step | min ms/step | examples/s | GFLOP/s "
              "| share of peak | page faults/step |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
