@@ -1,4 +1,5 @@
-"""Training-step throughput: minivae's NumPy reference against PyTorch eager on the same threads.
+"""Training-step throughput: every minivae backend against PyTorch (eager, fused Adam,
+``torch.compile``) and JAX ``jit`` (with an optax Adam), on the same threads, in the same run.
 
 The classic model of the VAE paper's MNIST experiments: 784-400-20 (ReLU, Bernoulli likelihood,
 Adam, batch 128, float32) on 28x28 inputs. The inputs are seeded random binary images: speed does
@@ -117,6 +118,55 @@ def torch_step(batch: int, seed: int = 0, variant: str = "eager") -> Callable[[i
     return step
 
 
+def jax_step(batch: int, seed: int = 0) -> Callable[[int], float] | None:
+    """The same step as one ``jax.jit`` of loss, gradient and an optax Adam update (the strongest
+    CPU peer measured so far); None when jax or optax is not installed (the ``bench`` extra)."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        return None
+    rng = np.random.default_rng(seed)
+
+    def linear(d_in: int, d_out: int):  # nn.Linear's init: U(-1/sqrt(d_in), 1/sqrt(d_in))
+        bound = 1 / np.sqrt(d_in)
+        return (jnp.asarray(rng.uniform(-bound, bound, (d_out, d_in)).astype(np.float32)),
+                jnp.asarray(rng.uniform(-bound, bound, d_out).astype(np.float32)))
+
+    params = [linear(X_DIM, HIDDEN), linear(HIDDEN, 2 * Z_DIM), linear(Z_DIM, HIDDEN), linear(HIDDEN, X_DIM)]
+
+    def loss_fn(params, x, key):
+        (w1, b1), (w2, b2), (w3, b3), (w4, b4) = params
+        h = jax.nn.relu(x @ w1.T + b1) @ w2.T + b2
+        mu, logvar = h[:, :Z_DIM], h[:, Z_DIM:]
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+        logits = jax.nn.relu(z @ w3.T + b3) @ w4.T + b4
+        recon = jnp.sum(jax.nn.softplus(logits) - x * logits)  # -log Bernoulli(x | logits)
+        kl = -0.5 * jnp.sum(1 + logvar - mu**2 - jnp.exp(logvar))
+        return (recon + kl) / x.shape[0]
+
+    opt = optax.adam(1e-3)
+
+    @jax.jit
+    def train_step(params, opt_state, x, key):
+        key, sub = jax.random.split(key)
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, sub)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, key, loss
+
+    data = (rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32)
+    n_batches = N_TRAIN // batch
+    batches = [jnp.asarray(data[k * batch:(k + 1) * batch]) for k in range(n_batches)]
+    state = [params, opt.init(params), jax.random.PRNGKey(seed)]
+
+    def step(i: int) -> float:
+        state[0], state[1], state[2], loss = train_step(*state[:2], batches[i % n_batches], state[2])
+        return float(loss)  # waits for the step: JAX dispatches asynchronously
+
+    return step
+
+
 def _round(step: Callable[[int], float], steps: int, start: int) -> tuple[float, int]:
     """Seconds per step over ``steps`` steps, and the minor page faults per step."""
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -164,7 +214,7 @@ def same_threads() -> dict:
 
 
 def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
-        torch_variants=("eager", "fused-adam", "compile")) -> dict:
+        torch_variants=("eager", "fused-adam", "compile"), with_jax: bool = True) -> dict:
     """Interleaved rounds of every implementation at each batch size, all on the same threads."""
     threads = same_threads()
     peak = matmul_peak()
@@ -176,6 +226,9 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
             t = torch_step(batch, variant=variant)
             if t is not None:
                 impls[f"torch-{variant}"] = t
+        j = jax_step(batch) if with_jax else None
+        if j is not None:
+            impls["jax-jit"] = j
         for name, fn in list(impls.items()):
             try:
                 for i in range(warmup):
@@ -199,12 +252,13 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
                 "share_of_peak": flops / med / 1e9 / peak,
                 "page_faults_per_step": statistics.median(faults[name]),
             })
-        for name in impls:
-            if name.startswith("minivae-") and "torch-eager" in impls:
-                out["results"].append({
-                    "batch": batch, "impl": f"ratio {name} / torch-eager (median throughput)",
-                    "ratio": statistics.median(times["torch-eager"]) / statistics.median(times[name]),
-                })
+        for peer in ("torch-eager", "jax-jit"):
+            for name in impls:
+                if name.startswith("minivae-") and peer in impls:
+                    out["results"].append({
+                        "batch": batch, "impl": f"ratio {name} / {peer} (median throughput)",
+                        "ratio": statistics.median(times[peer]) / statistics.median(times[name]),
+                    })
     return out
 
 
