@@ -160,6 +160,59 @@ def cpu_ceilings(n: int = 2048, copy_mib: int = 256) -> dict:
     return {"matmul_gflops": matmul_peak(n), "copy_gbs": copy_bandwidth(copy_mib * 2**20)}
 
 
+def gpu_ceilings(n: int = 8192, copy_mib: int = 1024) -> dict:
+    """The GPU's ceilings, measured with CUDA events: float32 SGEMM through cuBLAS (CuPy keeps TF32
+    off unless CUPY_TF32=1, which is recorded) and a device-to-device copy of ``copy_mib`` MiB."""
+    import os
+
+    import cupy
+
+    a = cupy.random.default_rng(0).random((n, n), dtype=cupy.float32)
+    out = cupy.empty_like(a)
+    cupy.matmul(a, a, out=out)
+    gemm = min(_gpu_time(lambda: cupy.matmul(a, a, out=out)) for _ in range(5))
+    src = cupy.ones(copy_mib * 2**20 // F32, cupy.float32)
+    dst = cupy.empty_like(src)
+    copy = min(_gpu_time(lambda: cupy.copyto(dst, src)) for _ in range(10))
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return {"matmul_gflops": 2 * n**3 / gemm / 1e9, "copy_gbs": 2 * src.nbytes / copy / 1e9,
+            "l2_bytes": int(props["l2CacheSize"]), "tf32": os.environ.get("CUPY_TF32", "0") == "1"}
+
+
+def _gpu_time(fn: Callable[[], object], flush=None) -> float:
+    """Seconds of one call of ``fn`` between two CUDA events on the current stream, after
+    ``flush()`` (which evicts the L2 so a small working set is not timed from cache)."""
+    import cupy
+
+    if flush is not None:
+        flush()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+def _l2_flusher(l2_bytes: int) -> Callable[[], None]:
+    """Writes a buffer twice the L2's size: what was cached before is evicted."""
+    import cupy
+
+    buf = cupy.empty(max(2 * l2_bytes // F32, 1), cupy.float32)
+    return lambda: buf.fill(0)
+
+
+def cupy_vendor_backend() -> Backend | None:
+    """The vendor-library way on a GPU: the NumPy reference functions on CuPy arrays (cuBLAS GEMMs,
+    then CuPy's separate elementwise kernels), so the value of fusion is the ratio beside it."""
+    try:
+        cupy_be = backends_mod.get_backend("cupy")
+    except backends_mod.BackendUnavailable:
+        return None
+    return Backend("cupy-vendor", cupy_be.xp, NUMPY.linear_forward, NUMPY.linear_backward,
+                   NUMPY.latent_forward, NUMPY.latent_backward, NUMPY.bernoulli, on_gpu=True)
+
+
 def _time(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
@@ -190,9 +243,15 @@ def _close(got: tuple, ref: tuple, be: Backend, kind: str) -> str | None:
 
 def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=print) -> dict:
     names = backend_names or [n for n, s in backends_mod.available().items() if s == "ok"]
-    bes = [backends_mod.get_backend(n) for n in names]
+    bes = [backends_mod.get_backend(n) for n in names if n != "cupy-vendor"]
+    vendor = cupy_vendor_backend() if any(be.on_gpu for be in bes) else None
+    if vendor is not None:
+        bes.append(vendor)
+        names = [be.name for be in bes]
     rounds = rounds or (3 if quick else 7)
     ceilings = cpu_ceilings()
+    gpu = gpu_ceilings() if vendor is not None else None
+    flush = _l2_flusher(gpu["l2_bytes"]) if gpu else None
     copy_bw: dict[float, float] = {}
     rows = []
     for case in all_cases(quick):
@@ -208,8 +267,13 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                 status[be.name] = f"{type(e).__name__}: {e}"
         times: dict[str, list[float]] = {k: [] for k in fns if status[k] is None}
         reps = 3
+        on_gpu = {be.name: be.on_gpu for be in bes}
         for _ in range(rounds):  # interleaved: every backend once per round
             for name in times:
+                if on_gpu[name]:  # CUDA events; the L2 flushed first where the working set fits in it
+                    cold = flush if case.kind == "bytes" and case.work < gpu["l2_bytes"] else None
+                    times[name].append(statistics.median(_gpu_time(fns[name], cold) for _ in range(reps)))
+                    continue
                 t = time.perf_counter()
                 for _ in range(reps):
                     fns[name]()
@@ -223,7 +287,9 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
             if row["status"] is None and times.get(name):
                 med, best = statistics.median(times[name]), min(times[name])
                 rate = case.work / med / 1e9
-                if case.kind == "flops":
+                if be.on_gpu:  # the device's own ceilings (DRAM bandwidth: the L2 was flushed)
+                    ceiling = gpu["matmul_gflops" if case.kind == "flops" else "copy_gbs"]
+                elif case.kind == "flops":
                     ceiling = ceilings["matmul_gflops"]
                 else:  # a copy of the same working set: cache-resident sizes get a cache ceiling
                     ceiling = copy_bw.setdefault(case.work, copy_bandwidth(int(case.work)))
@@ -234,14 +300,18 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
         log(f"{case.op} {case.size}: " + ", ".join(
             f"{r['backend']} {r['median_us']:.0f} us" if r.get("median_us") else
             f"{r['backend']} FAILED ({r['status']})" for r in rows[-len(bes):]))
-    return {"ceilings": ceilings, "backends": names, "rows": rows}
+    return {"ceilings": ceilings, "gpu_ceilings": gpu, "backends": names, "rows": rows}
 
 
 def table(res: dict) -> str:
     c = res["ceilings"]
     lines = [f"Ceilings measured in this run: float32 matmul {c['matmul_gflops']:.0f} GFLOP/s; "
              f"memory copy {c['copy_gbs']:.1f} GB/s at 256 MiB (elementwise ops are compared with a "
-             "copy of their own working set, so cache-resident sizes meet a cache ceiling).", "",
+             "copy of their own working set, so cache-resident sizes meet a cache ceiling)."
+             + (f" GPU: cuBLAS SGEMM {res['gpu_ceilings']['matmul_gflops']:.0f} GFLOP/s (TF32 "
+                f"{'on' if res['gpu_ceilings']['tf32'] else 'off'}), device copy "
+                f"{res['gpu_ceilings']['copy_gbs']:.0f} GB/s; GPU rows timed with CUDA events, the L2 "
+                "flushed before each call of an elementwise op." if res.get("gpu_ceilings") else ""), "",
              "| op | size | backend | median us | min us | rate | share of ceiling | vs numpy |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     ref = {(r["op"], r["size"]): r.get("median_us") for r in res["rows"] if r["backend"] == "numpy"}

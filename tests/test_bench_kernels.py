@@ -1,0 +1,63 @@
+"""``python -m bench kernels``: every op validated before and after timing, failures reported as
+failures (never as a speed), rates set against ceilings measured in the same run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import kernels
+from minivae.backends import NUMPY, Backend
+
+
+@pytest.fixture
+def small_cases(monkeypatch):
+    """Training-like shapes, shrunk: the point is the bookkeeping, not the speed."""
+    cases = (kernels.linear_cases([(17, 33, 9)]) + kernels.latent_cases([(17, 5)])
+             + kernels.bernoulli_cases([(17, 33)]) + kernels.adam_cases([129]))
+    monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
+    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
+    monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
+    return cases
+
+
+def test_every_op_is_validated_and_timed_against_its_ceiling(small_cases):
+    names = ["numpy"] + (["numba"] if _has_numba() else [])
+    res = kernels.run(quick=True, backend_names=names, rounds=2, log=lambda s: None)
+    assert res["gpu_ceilings"] is None
+    assert len(res["rows"]) == len(small_cases) * len(names)
+    for r in res["rows"]:
+        assert r["status"] is None, r
+        assert r["median_us"] > 0 and r["min_us"] <= r["median_us"]
+        ceiling = 50.0 if r["unit"] == "GFLOP/s" else 10.0
+        assert r["ceiling"] == ceiling and r["share_of_ceiling"] == pytest.approx(r["rate"] / ceiling)
+    text = kernels.table(res)
+    assert text.count("\n") == len(res["rows"]) + 3 and "failed" not in text
+
+
+def test_a_backend_with_wrong_results_is_reported_failed_not_timed(small_cases):
+    def wrong_bernoulli(x, logits, dlogp):
+        logp, dlogits = NUMPY.bernoulli(x, logits, dlogp)
+        return logp * 1.01, dlogits
+
+    broken = Backend("broken", np, NUMPY.linear_forward, NUMPY.linear_backward, NUMPY.latent_forward,
+                     NUMPY.latent_backward, wrong_bernoulli)
+    real = kernels.backends_mod.get_backend
+    get = lambda name: broken if name == "broken" else real(name)  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels.backends_mod, "get_backend", get)
+        res = kernels.run(quick=True, backend_names=["numpy", "broken"], rounds=1, log=lambda s: None)
+    rows = {(r["op"], r["backend"]): r for r in res["rows"]}
+    bad = rows[("bernoulli", "broken")]
+    assert "off by" in bad["status"] and "median_us" not in bad
+    assert rows[("bernoulli", "numpy")]["status"] is None
+    assert all(r["status"] is None for (op, _), r in rows.items() if op != "bernoulli")
+    assert "failed: output 0 is off by" in kernels.table(res)
+
+
+def _has_numba() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
