@@ -103,3 +103,51 @@ def test_directional_mode_on_the_kl_term():
     res = gradcheck(lambda: float(kl_forward(mu, logvar).sum()), {"mu": mu, "logvar": logvar},
                     {"mu": dmu, "logvar": dlogvar}, mode="directional", rng=rng)
     assert res.ok, str(res)
+
+
+# ---- robustness (issue 7): extreme log-variances, logvar +-80, in float32 and float64 ---------------
+
+EXTREME_MU = np.array([[0.0, 3.0, -1e3, 1e-20, 0.5], [-2.0, 0.0, 5.0, 0.0, -1e-3]])
+EXTREME_LOGVAR = np.array([[-80.0, 80.0, 0.0, -80.0, 1e-7], [80.0, 80.0, -80.0, 40.0, -1e-7]])
+EXTREME_LATENT_RTOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+def test_kl_and_its_gradient_equal_the_closed_form_at_logvar_80():
+    """KL = 1/2 sum_j (mu_j^2 + e^s_j - 1 - s_j), dKL/dmu = mu, dKL/ds = (e^s - 1)/2, computed
+    element by element on Python floats: e^80 ~ 5.5e34 still fits float32."""
+    dkl = np.array([0.7, -1.3])
+    kl_want = [0.5 * sum(m * m + float(np.expm1(s)) - s for m, s in zip(mu, lv, strict=True))
+               for mu, lv in zip(EXTREME_MU.tolist(), EXTREME_LOGVAR.tolist(), strict=True)]
+    dlogvar_want = [[g * 0.5 * float(np.expm1(s)) for s in lv]
+                    for g, lv in zip(dkl.tolist(), EXTREME_LOGVAR.tolist(), strict=True)]
+    for dtype, rtol in EXTREME_LATENT_RTOL.items():
+        mu, logvar = EXTREME_MU.astype(dtype), EXTREME_LOGVAR.astype(dtype)
+        kl = kl_forward(mu, logvar)
+        dmu, dlogvar = kl_backward(dkl.astype(dtype), mu, logvar)
+        assert kl.dtype == dmu.dtype == dlogvar.dtype == dtype
+        np.testing.assert_allclose(kl, kl_want, rtol=rtol, err_msg=str(dtype))
+        np.testing.assert_allclose(dmu, dkl[:, None].astype(dtype) * mu, rtol=0, err_msg=str(dtype))
+        np.testing.assert_allclose(dlogvar, dlogvar_want, rtol=rtol, err_msg=str(dtype))
+
+
+def test_reparameterization_and_its_gradient_equal_the_closed_form_at_logvar_80():
+    """z = mu + e^{s/2} eps, dmu = sum_l dz, ds = sum_l dz eps e^{s/2} / 2, over 3 samples, against
+    float64 (e^40 ~ 2.4e17 and e^-40 ~ 4e-18 are normal numbers in float32 too)."""
+    rng = rng_of(12)
+    eps64 = rng.standard_normal((3, *EXTREME_MU.shape))
+    dz64 = rng.standard_normal((3, *EXTREME_MU.shape))
+    for dtype, rtol in EXTREME_LATENT_RTOL.items():
+        mu, logvar, eps, dz = (a.astype(dtype) for a in (EXTREME_MU, EXTREME_LOGVAR, eps64, dz64))
+        m, s, e, g = (a.astype(np.float64) for a in (mu, logvar, eps, dz))  # the rounded inputs
+        std = np.exp(0.5 * s)
+        z, cache = reparameterize_forward(mu, logvar, eps)
+        dmu, dlogvar = reparameterize_backward(dz, cache)
+        assert z.dtype == dmu.dtype == dlogvar.dtype == dtype
+        z_want = m + std * e
+        # z = mu + (std eps): accurate relative to the sizes of its two parts
+        assert np.all(np.abs(z - z_want) <= rtol * (np.abs(m) + np.abs(std * e))), str(dtype)
+        np.testing.assert_allclose(dmu, g.sum(axis=0), rtol=0,
+                                   atol=rtol * np.abs(g).sum(axis=0).max(), err_msg=str(dtype))
+        ds_terms = g * e * std / 2
+        assert np.all(np.abs(dlogvar - ds_terms.sum(axis=0))
+                      <= rtol * np.abs(ds_terms).sum(axis=0)), str(dtype)

@@ -130,3 +130,106 @@ def test_unknown_likelihood_is_rejected(name, match):
 def test_non_positive_sigma_is_rejected():
     with pytest.raises(ValueError, match="sigma"):
         make_likelihood("gaussian", 3, sigma=0.0)
+
+
+# ---- extreme inputs in float32 and float64, against float64 references -----------------------------
+
+# |logit| >= 17 saturates float32's sigmoid; 89 overflows float32's exp; 1e4 is the issue's extreme.
+EXTREME_OUTS = np.array([-1e4, -1e3, -100.0, -89.0, -30.0, -17.0, 17.0, 30.0, 89.0, 100.0, 1e3, 1e4])
+EXTREME_LOGVARS = np.tile([80.0, -80.0, 0.0], 4)  # gaussian_learned's own log-variance per dimension
+EXTREME_RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _extreme_inputs(name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(x, out) with rows all-black, all-white, grey (binary for bernoulli) and mixed, and outputs
+    +-17 ... +-1e4 in every row. gaussian_learned's dimensions with log-variance -80 get residuals
+    of 1e-3 instead: r^2 e^80 / 2 with r = 1e4 is ~3e42, beyond float32 (tested on its own)."""
+    rng = rng_of(5)
+    d = len(EXTREME_OUTS)
+    grey = (rng.random(d) < 0.5).astype(float) if name == "bernoulli" else rng.random(d)
+    x = np.stack([np.zeros(d), np.ones(d), grey, np.where(np.arange(d) % 2, 1.0, grey)])
+    out = np.tile(EXTREME_OUTS, (4, 1))
+    if name == "gaussian_learned":
+        tiny = EXTREME_LOGVARS < 0
+        out[:, tiny] = x[:, tiny] + 1e-3 * rng.choice([-1.0, 1.0], size=(4, int(tiny.sum())))
+    return x.astype(dtype), out.astype(dtype)
+
+
+def _reference_terms(name: str, x: np.ndarray, out: np.ndarray, sigma: float):
+    """float64, written apart from minivae.likelihoods: log p per element, d log p / d out, the
+    size each is accurate relative to (the sum of the magnitudes of its parts: x - sigmoid(l) at
+    x = 1, l = 17 cancels to 4e-8 that float32 cannot resolve next to 1), and d log p / d logvar
+    per element (gaussian_learned) or None."""
+    from scipy.special import expit, log_expit
+
+    x, out = x.astype(np.float64), out.astype(np.float64)
+    if name in ("bernoulli", "cbernoulli"):
+        logp = x * log_expit(out) + (1 - x) * log_expit(-out)  # = x l - softplus(l)
+        logp_size = np.abs(x * out) + np.logaddexp(0, out)
+        dout, dout_size = x - expit(out), x + expit(out)
+        if name == "cbernoulli":  # + log C(l) = log(l / tanh(l/2)): no cancellation for |l| >= 17
+            with np.errstate(over="ignore"):
+                log_c, dlog_c = np.log(out / np.tanh(out / 2)), 1 / out - 1 / np.sinh(out)
+            logp, logp_size = logp + log_c, logp_size + np.abs(log_c)
+            dout, dout_size = dout + dlog_c, dout_size + np.abs(dlog_c)
+        return logp, logp_size, dout, dout_size, None
+    if name == "gaussian":
+        r = (x - out) / sigma
+        logp = -0.5 * r**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
+        return logp, np.abs(logp), r / sigma, np.abs(r / sigma), None
+    s = EXTREME_LOGVARS
+    r2 = (x - out) ** 2 * np.exp(-s)
+    logp = -0.5 * (r2 + s + np.log(2 * np.pi))
+    dout = (x - out) * np.exp(-s)
+    return logp, 0.5 * (r2 + np.abs(s) + np.log(2 * np.pi)), dout, np.abs(dout), 0.5 * (r2 - 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_likelihoods_and_gradients_are_accurate_at_extreme_inputs(name, dtype):
+    """Property: at logits (means) up to +-1e4, log-variances +-80, all-zero and all-one images, the
+    log-density and every gradient are finite and within a few ulps of float64 references, in both
+    dtypes (float32 is compared with the reference at its own rounded inputs)."""
+    lik = make_likelihood(name, len(EXTREME_OUTS), dtype, sigma=0.5)
+    if name == "gaussian_learned":
+        lik.params["logvar"][:] = EXTREME_LOGVARS
+    x, out = _extreme_inputs(name, dtype)
+    dlogp = rng_of(6).normal(size=len(x)).astype(dtype)
+    logp, cache = lik.forward(x, out)
+    dout, grads = lik.backward(dlogp, cache)
+    terms, term_size, dterm, dterm_size, dterm_ds = _reference_terms(name, x, out, 0.5)
+    rtol, tiny = EXTREME_RTOL[dtype], np.finfo(dtype).tiny  # below tiny: subnormals, fewer digits
+    dlogp64 = dlogp.astype(np.float64)
+    g = np.abs(dlogp64)
+    assert logp.dtype == dtype and dout.dtype == dtype
+    assert np.isfinite(logp).all() and np.isfinite(dout).all()
+    assert np.all(np.abs(logp - terms.sum(axis=1)) <= rtol * term_size.sum(axis=1) + tiny)
+    err = np.abs(dout - dlogp64[:, None] * dterm)
+    assert np.all(err <= rtol * g[:, None] * dterm_size + tiny), err.max()
+    if dterm_ds is None:
+        assert grads == {}
+    else:
+        want_ds = dlogp64 @ dterm_ds
+        assert grads["logvar"].dtype == dtype
+        assert np.all(np.abs(grads["logvar"] - want_ds) <= rtol * (g @ np.abs(dterm_ds)) + tiny)
+
+
+def test_learned_gaussian_beyond_float32_overflows_to_minus_inf_never_nan():
+    """logvar -80 with a residual of 1e4: log p = -(1e8 e^80 + ...)/2 ~ -2.8e42, beyond float32.
+    float64 gets it right; float32 returns exactly -inf (an honest overflow that VAE.loss turns into
+    a FloatingPointError naming the reconstruction term), never NaN or a wrong finite number."""
+    for dtype in (np.float64, np.float32):
+        lik = make_likelihood("gaussian_learned", 2, dtype)
+        lik.params["logvar"][:] = -80.0
+        x, out = np.zeros((1, 2), dtype), np.array([[1e4, -1e4]], dtype)
+        with np.errstate(over="ignore"):
+            logp, cache = lik.forward(x, out)
+            dout, grads = lik.backward(np.ones(1, dtype), cache)
+        if dtype == np.float64:
+            want = -0.5 * (2e8 * np.exp(80.0) + 2 * (-80.0 + np.log(2 * np.pi)))
+            assert logp[0] == pytest.approx(want, rel=1e-15)
+            np.testing.assert_allclose(dout, [[-1e4 * np.exp(80.0), 1e4 * np.exp(80.0)]], rtol=1e-15)
+        else:
+            assert logp[0] == -np.inf
+            np.testing.assert_array_equal(dout, [[-np.inf, np.inf]])
+            np.testing.assert_array_equal(grads["logvar"], [np.inf, np.inf])
