@@ -405,19 +405,26 @@ def latent_scatter(model: VAE, x, y, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-# Panels of the loss figure: (title, training key, validation key).
+# Panels of the loss figure: (title, training key, validation key). The validation numbers are
+# always -ELBO terms (beta = 1), so the first panel sets train -ELBO beside them; the objective
+# optimised, recon + beta KL (``train_loss``), differs from -ELBO under beta != 1 or KL warm-up
+# and is drawn apart, dashed and labelled as such, only where it differs.
 LOSS_PANELS = (
-    ("-ELBO (loss)", "train_loss", "val_loss"),
+    ("-ELBO = reconstruction + KL", "train_neg_elbo", "val_loss"),
     ("Reconstruction: -E_q[log p(x|z)]", "train_recon", "val_recon"),
     ("KL(q(z|x) || p(z))", "train_kl", "val_kl"),
 )
+OBJECTIVE_KEY = "train_loss"
+OBJECTIVE_LABEL = "train objective: recon + beta KL"
 
 
-def loss_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
-    """-ELBO, reconstruction and KL per epoch in three panels, from metrics.jsonl records.
+def loss_figure(metrics: Sequence[dict]) -> Figure:
+    """The figure ``loss_curves`` saves: train and validation -ELBO, reconstruction and KL per
+    epoch in three panels, plus the training objective in the first panel where it is not -ELBO.
 
-    Each record needs ``epoch`` and ``train_loss``/``train_recon``/``train_kl``; ``val_*`` may be
-    missing or None in any record, and the validation curve shows only the epochs that have it.
+    Each record needs ``epoch`` and ``train_neg_elbo``/``train_recon``/``train_kl``;
+    ``train_loss`` and the ``val_*`` keys may be missing or None in any record, and those curves
+    show only the epochs that have them.
     """
     if not isinstance(metrics, Sequence) or len(metrics) == 0:
         raise ValueError(f"metrics must be a non-empty list of records, got {metrics!r}")
@@ -435,17 +442,32 @@ def loss_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
     for ax, (title, train_key, val_key) in zip(axes, LOSS_PANELS, strict=True):
         ax.plot(epochs, [float(rec[train_key]) for rec in metrics], marker="o", markersize=3,
                 label="train")
-        val = [(rec["epoch"], rec[val_key]) for rec in metrics if rec.get(val_key) is not None]
-        if val:
-            val_epochs, val_values = np.array(val, dtype=np.float64).T
-            ax.plot(val_epochs, val_values, marker="o", markersize=3, label="validation")
+        _plot_present(ax, metrics, val_key, label="validation", marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per example")
         ax.grid(alpha=0.3)
+    if any(rec.get(OBJECTIVE_KEY) is not None and rec[OBJECTIVE_KEY] != rec["train_neg_elbo"]
+           for rec in metrics):
+        _plot_present(axes[0], metrics, OBJECTIVE_KEY, label=OBJECTIVE_LABEL, linestyle="--",
+                      color="grey")
+    for ax in axes:
         ax.legend(fontsize="small")
     fig.suptitle(f"Training curves over {len(metrics)} epochs")
-    return _save(fig, path)
+    return fig
+
+
+def _plot_present(ax: Axes, metrics: Sequence[dict], key: str, **style) -> None:
+    """``key`` against epoch, for the records that have it."""
+    points = [(rec["epoch"], rec[key]) for rec in metrics if rec.get(key) is not None]
+    if points:
+        xs, ys = np.array(points, dtype=np.float64).T
+        ax.plot(xs, ys, **style)
+
+
+def loss_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Write ``loss_figure(metrics)`` (from metrics.jsonl records) as a PNG at ``path``."""
+    return _save(loss_figure(metrics), path)
 
 
 def class_grid(model: VAE, rng: np.random.Generator, image_shape: Sequence[int] | None,

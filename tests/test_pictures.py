@@ -18,11 +18,13 @@ IMAGE_SHAPE = (8, 8)
 N_CLASSES = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+# Records as train.py writes them, with beta = 1: the objective train_loss equals -ELBO.
 METRICS = [
-    {"epoch": 1, "train_loss": 50.0, "train_recon": 45.0, "train_kl": 5.0, "val_loss": 49.0,
-     "val_recon": 44.5, "val_kl": 4.5},
-    {"epoch": 2, "train_loss": 40.0, "train_recon": 34.0, "train_kl": 6.0, "val_loss": None},
-    {"epoch": 3, "train_loss": 35.0, "train_recon": 28.5, "train_kl": 6.5},
+    {"epoch": 1, "train_loss": 50.0, "train_neg_elbo": 50.0, "train_recon": 45.0, "train_kl": 5.0,
+     "val_loss": 49.0, "val_recon": 44.5, "val_kl": 4.5},
+    {"epoch": 2, "train_loss": 40.0, "train_neg_elbo": 40.0, "train_recon": 34.0, "train_kl": 6.0,
+     "val_loss": None},
+    {"epoch": 3, "train_loss": 35.0, "train_neg_elbo": 35.0, "train_recon": 28.5, "train_kl": 6.5},
 ]
 
 
@@ -199,6 +201,29 @@ def test_loss_curves_without_any_validation(tmp_path):
     assert_png(pictures.loss_curves(METRICS[:1], tmp_path / "one_epoch.png"))
 
 
+def _curves(ax) -> dict[str, list[float]]:
+    return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+
+
+def test_elbo_panel_sets_train_elbo_beside_validation_elbo_and_the_objective_apart():
+    """Under KL warm-up (beta < 1) the objective recon + beta KL is below -ELBO: the -ELBO panel
+    must plot train -ELBO (train_neg_elbo) against validation -ELBO, and the objective only as a
+    separately labelled curve."""
+    betas = (0.25, 0.5, 1.0)
+    metrics = [{"epoch": e, "beta": b, "train_recon": 40.0 - e, "train_kl": 4.0 + e,
+                "train_neg_elbo": 44.0, "train_loss": 40.0 - e + b * (4.0 + e),
+                "val_loss": 45.0 - e, "val_recon": 41.0, "val_kl": 4.0 - e}
+               for e, b in enumerate(betas)]
+    elbo, recon, kl = pictures.loss_figure(metrics).axes[:3]
+    assert elbo.get_title().startswith("-ELBO")
+    assert _curves(elbo) == {"train": [44.0] * 3, "validation": [45.0, 44.0, 43.0],
+                             pictures.OBJECTIVE_LABEL: [r["train_loss"] for r in metrics]}
+    assert _curves(recon) == {"train": [40.0, 39.0, 38.0], "validation": [41.0] * 3}
+    assert _curves(kl)["train"] == [4.0, 5.0, 6.0]
+    # with beta = 1 throughout the objective is -ELBO: no second curve
+    assert set(_curves(pictures.loss_figure(METRICS).axes[0])) == {"train", "validation"}
+
+
 # ----------------------------------------------------------------------------------------------
 # refusals, each naming its argument
 
@@ -256,7 +281,7 @@ def test_image_pictures_need_a_matching_image_shape(tmp_path, data, name, image_
     (lambda m, c, x, p: pictures.reconstructions(m, x, None, IMAGE_SHAPE, p, n=0), "n must"),
     (lambda m, c, x, p: pictures.loss_curves([], p), "metrics must be a non-empty list"),
     (lambda m, c, x, p: pictures.loss_curves([METRICS[0], {"epoch": 2, "train_loss": 1.0}], p),
-     r"metrics\[1\] lacks train_recon, train_kl"),
+     r"metrics\[1\] lacks train_neg_elbo, train_recon, train_kl"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, data, call, message):
     with pytest.raises(ValueError, match=message):
