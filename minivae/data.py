@@ -391,10 +391,11 @@ def _check_npy_header(fp: IO[bytes], capacity: int, what: str, data: bool) -> No
                         f"file can hold at most {room}; it is truncated or corrupt")
 
 
-# What parsers of numpy, zipfile, gzip and h5py raise on malformed input; MemoryError too, so a
-# file too big for this machine is one line as well.
+# What parsers of numpy, zipfile, gzip and h5py raise on malformed input. Not MemoryError: every
+# reader refuses a size its file cannot hold by arithmetic before allocating, so a MemoryError is a
+# bug in that check (or an honest file too big for this machine) and must not pass for bad data.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error,
-                struct.error, MemoryError, RuntimeError)
+                struct.error, RuntimeError)
 
 
 def _load_npy(path: Path, key: str | None) -> Dataset:
@@ -421,7 +422,9 @@ def _npz_member(zf: zipfile.ZipFile, archive_size: int, key: str, what: str, dat
         raise DataError(f"{what}: zip compression method {info.compress_type}, expected stored or "
                         "deflated (as numpy.savez and numpy.savez_compressed write)")
     # the member's declared sizes are themselves untrusted: bound them by the archive's real size
-    capacity = min(info.file_size, min(info.compress_size, archive_size) * MAX_DEFLATE_RATIO)
+    stored = min(info.compress_size, archive_size)
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO
+    capacity = min(info.file_size, stored * ratio)
     with zf.open(info) as fp:
         _check_npy_header(fp, capacity, what, data)
 
@@ -456,9 +459,20 @@ def _load_h5(path: Path, key: str | None) -> Dataset:
 
     def read(f: Any, k: str) -> np.ndarray:
         ds = f[k]
-        if ds.size * ds.dtype.itemsize > size * MAX_DEFLATE_RATIO:
-            raise DataError(f"{path}[{k}]: declares shape {ds.shape} of {ds.dtype}, more than "
-                            f"a {size}-byte file can hold")
+        if ds.shape is None:
+            raise DataError(f"{path}[{k}]: an empty (null) dataset, expected an array")
+        if ds.is_virtual or ds.external is not None:
+            raise DataError(f"{path}[{k}]: its data lives in other files (a virtual or external "
+                            "dataset), expected a dataset stored inside this file")
+        # Unfiltered data is stored byte for byte; filtered (compressed) data is bounded by the
+        # DEFLATE ratio. Python ints: a lying shape cannot overflow the product.
+        filtered = ds.id.get_create_plist().get_nfilters() > 0
+        room = size * (MAX_DEFLATE_RATIO if filtered else 1)
+        need = math.prod(ds.shape) * ds.dtype.itemsize
+        if need > room:
+            raise DataError(f"{path}[{k}]: declares shape {ds.shape} of {ds.dtype} = {need} bytes, "
+                            f"more than a {size}-byte file can hold ({room} bytes"
+                            f"{' compressed' if filtered else ''})")
         _check_dtype(f"{path}[{k}]", ds.dtype)
         return ds[()]
 
@@ -477,6 +491,27 @@ def _load_h5(path: Path, key: str | None) -> Dataset:
     return _dataset(path.stem, f"{path}[{key}]", np.asarray(arr), labels, f"{path}[{label_key}]")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel
+
+
+def _check_png_header(path: Path) -> None:
+    """Refuse, before any pixel is decoded, a PNG whose IHDR declares more image data than the file
+    can hold: at least H rows of 1 filter byte + ceil(W bits / 8) bytes, DEFLATE-compressed."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return  # not a PNG header at all: Pillow's refusal names what is wrong
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    bits = depth * PNG_CHANNELS.get(colour, 1)
+    need = height * (1 + -(-width * bits // 8))
+    if need > size * MAX_DEFLATE_RATIO:
+        raise DataError(f"{path}: PNG header declares {width}x{height} pixels of {bits} bits = "
+                        f"{need} bytes of image data, but a {size}-byte file can hold at most "
+                        f"{size * MAX_DEFLATE_RATIO}; it is truncated or corrupt")
+
+
 def _read_png(path: Path) -> np.ndarray:
     """One PNG as a float32 (H, W) grey image in [0, 1]."""
     try:
@@ -484,6 +519,7 @@ def _read_png(path: Path) -> np.ndarray:
     except ImportError:
         raise DataError(f"{path}: reading PNG images needs pillow; pip install pillow") from None
     try:
+        _check_png_header(path)
         with Image.open(path) as img:
             if img.format != "PNG":
                 raise DataError(f"{path}: a {img.format} image, expected PNG")
@@ -516,16 +552,17 @@ def _load_png_folder(folder: Path, key: str | None) -> Dataset:
     if not files:
         raise DataError(f"{folder}: no .png files, expected <folder>/*.png or "
                         "<folder>/<label>/*.png")
-    first = _read_png(files[0][0])
-    images = np.empty((len(files),) + first.shape, dtype=np.float32)
-    for i, (p, _) in enumerate(files):
-        img = first if i == 0 else _read_png(p)
-        if img.shape != first.shape:
+    # one image at a time, each bounded by its own file: allocating len(files) copies of the
+    # first image's size up front would trust the other files before reading them
+    images: list[np.ndarray] = []
+    for p, _ in files:
+        img = _read_png(p)
+        if images and img.shape != images[0].shape:
             raise DataError(f"{p}: image of {img.shape[1]}x{img.shape[0]} pixels, expected "
-                            f"{first.shape[1]}x{first.shape[0]} like {files[0][0].name}")
-        images[i] = img
+                            f"{images[0].shape[1]}x{images[0].shape[0]} like {files[0][0].name}")
+        images.append(img)
     labels = np.array([lab for _, lab in files], dtype=np.int64) if class_names else None
-    return _dataset(folder.name, str(folder), images, labels, str(folder), class_names)
+    return _dataset(folder.name, str(folder), np.stack(images), labels, str(folder), class_names)
 
 
 # ---------------------------------------------------------------------------------------------

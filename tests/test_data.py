@@ -38,6 +38,9 @@ from minivae.data import (
 
 MNIST_FAMILY = ("mnist", "fashion-mnist", "kmnist")
 IDX_TEST_DTYPES = (np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64)
+# Per fuzz test, all its examples (25 in CI, 1000 with HYPOTHESIS_PROFILE=thorough): a reader that
+# hangs fails here, named, instead of at the suite's global 600 s.
+FUZZ_TIMEOUT_S = 120
 
 
 def _write_mnist(folder: Path, *, gz: bool, n_train: int = 12, n_test: int = 5, h: int = 7,
@@ -231,6 +234,7 @@ def test_missing_idx_file_is_a_data_error(tmp_path):
         read_idx(tmp_path / "nope.idx")
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT_S)
 @given(raw=st.binary(max_size=64), gz=st.booleans())
 def test_random_bytes_give_an_array_or_data_error_only(raw, gz):
     """Property: no input bytes make read_idx raise anything but DataError."""
@@ -239,6 +243,7 @@ def test_random_bytes_give_an_array_or_data_error_only(raw, gz):
         _read_idx_bytes(gzip.compress(raw), "f.gz")
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT_S)
 @given(edits=st.lists(st.tuples(st.integers(0, len(GOOD_IDX) - 1), st.integers(0, 255)),
                       max_size=4),
        cut=st.integers(0, len(GOOD_IDX)), gz_stream=st.booleans())
@@ -383,6 +388,7 @@ GOOD_NPY = _saved(lambda b, x: np.save(b, x), x=np.arange(12, dtype=np.uint8).re
 GOOD_NPZ = _saved(np.savez, x=np.arange(12, dtype=np.uint8).reshape(3, 4), y=np.arange(3))
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT_S)
 @given(edits=st.lists(st.tuples(st.integers(0, len(GOOD_NPZ) - 1), st.integers(0, 255)),
                       min_size=1, max_size=6),
        cut=st.integers(0, len(GOOD_NPZ)), npy=st.booleans())
@@ -469,6 +475,7 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
 GOOD_PNG = _png_bytes(np.arange(48, dtype=np.uint8).reshape(6, 8))
 
 
+@pytest.mark.timeout(FUZZ_TIMEOUT_S)
 @given(edits=st.lists(st.tuples(st.integers(0, len(GOOD_PNG) - 1), st.integers(0, 255)),
                       min_size=1, max_size=6),
        cut=st.integers(1, len(GOOD_PNG)))
@@ -522,6 +529,160 @@ def test_unknown_data_is_refused(tmp_path, monkeypatch, name, match):
     (tmp_path / "table.csv").write_text("1,2\n")
     with pytest.raises(DataError, match=match):
         load_dataset(name)
+
+
+# -------------------------------------------------------------------------------------------------
+# Lying headers: refused by arithmetic, before anything is allocated or decoded
+# -------------------------------------------------------------------------------------------------
+
+PEAK_BYTES = 1 << 20  # a refusal costs parsing a header, never the data the header claims
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """GOOD_PNG with its IHDR rewritten to claim width x height (and a correct CRC, so the lie is
+    only in the numbers)."""
+    import struct
+    import zlib
+
+    raw = bytearray(GOOD_PNG)
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    return bytes(raw)
+
+
+def _h5_claiming(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...] | None = None,
+                 compression: str | None = None) -> None:
+    """An HDF5 file whose dataset "x" declares ``shape`` with no data written: the HDF5 library
+    reads unwritten chunks as fill values, so only the arithmetic can tell the lie."""
+    h5py = pytest.importorskip("h5py", reason="h5py is the optional [hdf5] extra")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=shape, dtype="u1", chunks=chunks or (1,) * len(shape),
+                         compression=compression)
+
+
+def _zip_claiming(path: Path, method: int) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", method) as zf:
+        zf.writestr("x.npy", _npy_with_header((10**6, 1000), b"\x00" * 4096))
+
+
+def _lying_file(tmp_path: Path, kind: str) -> Path:
+    import zipfile
+
+    lie = b"\x00\x00\x08\x03" + b"\xff" * 12 + GOOD_IDX[16:]  # 3 x (2**32 - 1) bytes
+    makers = {
+        "idx": lambda p: p.write_bytes(lie),
+        "idx.gz": lambda p: p.write_bytes(gzip.compress(lie)),
+        "npy": lambda p: p.write_bytes(_npy_with_header((10**9, 10**6), b"\x00" * 24)),
+        "npz": lambda p: _zip_claiming(p, zipfile.ZIP_DEFLATED),
+        "stored.npz": lambda p: _zip_claiming(p, zipfile.ZIP_STORED),
+        "h5": lambda p: _h5_claiming(p, (10**9, 10**6), chunks=(1, 1024)),
+        # 1 MB of unwritten, uncompressed data in a ~2 kB file: within DEFLATE's 1032:1 but not
+        # within what unfiltered storage can hold (1 byte per byte)
+        "unwritten.h5": lambda p: _h5_claiming(p, (1000, 1000), chunks=(100, 100)),
+        "gzip.h5": lambda p: _h5_claiming(p, (2**40, 2**20), chunks=(1, 1024), compression="gzip"),
+        # 81 Mpixels: below Pillow's decompression-bomb limit (89 Mpixels), so Pillow would decode
+        "png": lambda p: (p.mkdir(), (p / "a.png").write_bytes(_png_claiming(9000, 9000))),
+        "huge.png": lambda p: (p.mkdir(), (p / "a.png").write_bytes(_png_claiming(2**31 - 1, 2**31 - 1))),
+    }
+    path = tmp_path / ("pics" if kind.endswith("png") else f"f.{kind}")
+    makers[kind](path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["idx", "idx.gz", "npy", "npz", "stored.npz", "h5", "unwritten.h5",
+                                  "gzip.h5", "png", "huge.png"])
+def test_lying_headers_are_refused_by_arithmetic_before_anything_is_read(tmp_path, monkeypatch, kind):
+    """A header that declares more data than its file can hold is refused with a DataError that
+    says so, before the reader reads, decodes or allocates the data: every function that would is
+    replaced by one that fails the test, and tracemalloc's peak (numpy and h5py allocations) stays
+    at the cost of a header. MemoryError is not among the errors a reader turns into DataError, so
+    an attempted huge allocation would fail this test too."""
+    import tracemalloc
+
+    from PIL import ImageFile
+
+    path = _lying_file(tmp_path, kind)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"{kind}: the data was read before the header was checked")
+
+    monkeypatch.setattr(np, "frombuffer", forbidden)  # the IDX reader's data
+    monkeypatch.setattr(np, "load", forbidden)  # .npy and .npz data
+    monkeypatch.setattr(ImageFile.ImageFile, "load", forbidden)  # PNG pixels (Pillow's own memory)
+    if kind.endswith("h5"):
+        import h5py
+
+        monkeypatch.setattr(h5py.Dataset, "__getitem__", forbidden)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"declares .*(can hold|more than|file holds)") as info:
+            read_idx(path) if kind.startswith("idx") else load_dataset(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BYTES, f"{kind}: {peak} bytes allocated to refuse a lying header"
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_without_the_size_check_a_lying_header_is_a_memory_error_not_a_data_error(tmp_path,
+                                                                                 monkeypatch):
+    """Why MemoryError is not swallowed: with the .npy header check switched off, numpy attempts
+    the 4 PB the header claims, and that MemoryError escapes the reader, so a missing check fails
+    the fuzz tests (which accept DataError only) instead of passing for bad data."""
+    monkeypatch.setattr(data, "_check_npy_header", lambda *args, **kwargs: None)
+    (tmp_path / "a.npy").write_bytes(_npy_with_header((10**9, 10**6), b"\x00" * 24))
+    with pytest.raises(MemoryError):
+        load_dataset(tmp_path / "a.npy")
+
+
+def test_png_folder_allocates_only_for_images_it_has_read(tmp_path):
+    """A large honest first image and many broken files after it: the reader must not allocate
+    room for every file at the first image's size (here 200 x 4 MB) before reading the others."""
+    import tracemalloc
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    _save_png(folder / "000.png", np.zeros((1000, 1000), np.uint8))  # ~1 kB, 4 MB as float32
+    for i in range(1, 200):
+        (folder / f"{i:03d}.png").write_bytes(GOOD_PNG[:40])
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="001.png: unreadable"):
+            load_dataset(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak} bytes allocated for one readable 4 MB image"
+
+
+def test_h5_data_stored_in_other_files_is_refused(tmp_path):
+    """External and virtual datasets read bytes from other files (any file the user can read);
+    the reader takes only data stored inside the file it was given."""
+    h5py = pytest.importorskip("h5py", reason="h5py is the optional [hdf5] extra")
+    (tmp_path / "elsewhere.bin").write_bytes(bytes(range(16)))
+    with h5py.File(tmp_path / "ext.h5", "w") as f:
+        f.create_dataset("x", shape=(4, 4), dtype="u1", external=[(str(tmp_path / "elsewhere.bin"),
+                                                                  0, 16)])
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["x"] = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    layout = h5py.VirtualLayout(shape=(4, 4), dtype="u1")
+    layout[:] = h5py.VirtualSource(str(tmp_path / "src.h5"), "x", shape=(4, 4))
+    with h5py.File(tmp_path / "virtual.h5", "w") as f:
+        f.create_virtual_dataset("x", layout)
+    assert load_dataset(tmp_path / "src.h5").x.shape == (4, 4)  # the same data, stored inside
+    for name in ("ext.h5", "virtual.h5"):
+        with pytest.raises(DataError, match=rf"{name}\[x\]: its data lives in other files"):
+            load_dataset(tmp_path / name)
+
+
+def test_null_h5_dataset_is_refused(tmp_path):
+    h5py = pytest.importorskip("h5py", reason="h5py is the optional [hdf5] extra")
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        f.create_dataset("x", data=h5py.Empty("u1"))
+    with pytest.raises(DataError, match=r"e.h5\[x\]: an empty \(null\) dataset"):
+        load_dataset(tmp_path / "e.h5")
 
 
 # -------------------------------------------------------------------------------------------------

@@ -161,6 +161,7 @@ def checkpoint_bytes(tmp_path_factory):
     return (run / CHECKPOINT).read_bytes()
 
 
+@pytest.mark.timeout(120)  # all 60 examples; a reader that hangs fails here, named
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_corrupted_checkpoints_raise_only_run_errors(tmp_path_factory, checkpoint_bytes, data):
