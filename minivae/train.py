@@ -2,13 +2,18 @@
 
 A run directory holds::
 
-    config.json          the fully resolved configuration
+    config.json          the fully resolved configuration: the backend actually chosen (never
+                         "auto") and, for the MNIST family, the data directory actually read
     metrics.jsonl        one JSON record per epoch
     checkpoint.safetensors  parameters + optimiser state (tensors) and, in the header's metadata,
                          the epoch, the step within it and the generator's state (JSON); written
                          atomically (temporary file + rename), so it is always a complete checkpoint
     summary.json         final test -ELBO and IWAE NLL (with standard errors)
     *.png                pictures (see minivae.pictures)
+
+With ``patience`` (early stopping) the run ends with the weights of its best validation epoch, not
+its last: the checkpoint carries a copy of them while training goes on, and the final checkpoint,
+summary and pictures are those of the best epoch.
 
 Every random draw of a run (batch order, eps, binarization) comes from generators derived from the
 run's seed, and their state is saved in every checkpoint, so ``resume`` ends with bitwise the weights
@@ -21,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -33,7 +39,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from minivae import _checks, philox
-from minivae.backends import BACKENDS
+from minivae.backends import BACKENDS, BackendUnavailable, get_backend
 from minivae.layers import ACTIVATIONS
 from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
@@ -91,6 +97,8 @@ class TrainConfig:
             setattr(self, name, _checks.positive_int(name, getattr(self, name)))
         for name in ("lr", "momentum", "weight_decay", "beta"):
             setattr(self, name, _checks.non_negative_float(name, getattr(self, name)))
+        if self.momentum >= 1:  # the velocity would never decay: SGD diverges
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         self.sigma = _checks.positive_float("sigma", self.sigma)
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
                 or self.warmup_epochs < 0:
@@ -106,6 +114,9 @@ class TrainConfig:
             if v >= 0.5:
                 raise ValueError(f"{name} must be in [0, 0.5), got {v}")
             setattr(self, name, v)
+        if self.patience is not None and self.val_fraction == 0:
+            raise ValueError(f"patience {self.patience} needs a validation split to watch: "
+                             "expected val_fraction > 0, got 0")
         _checks.choice("binarize", self.binarize, ("none", "static", "dynamic"))
         _checks.choice("activation", self.activation, tuple(ACTIVATIONS))
         _checks.choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
@@ -145,6 +156,7 @@ class RunState:
     global_step: int = 0
     skipped_steps: int = 0
     best_val: float = math.inf
+    best_epoch: int | None = None  # the epoch of best_val (0-based, as in metrics.jsonl)
     epochs_since_best: int = 0
     rng_state: dict = field(default_factory=dict)  # the training generator after the last step
     epoch_rng_state: dict = field(default_factory=dict)  # ... at the start of ``epoch``
@@ -180,10 +192,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
-                    state: RunState) -> None:
+                    state: RunState, best: dict | None = None) -> None:
+    """``best``: the weights of the best validation epoch so far (early stopping keeps them)."""
     host = model.backend.to_host
     tensors = {f"param/{k}": host(v) for k, v in model.params.items()}
     tensors |= {f"optim/{k}": host(v) for k, v in optimizer.state_dict().items()}
+    tensors |= {f"best/{k}": v for k, v in (best or {}).items()}
     meta = {"format": "minivae-checkpoint", "version": str(FORMAT_VERSION),
             "config": json.dumps(config.to_dict()), "state": json.dumps(dataclasses.asdict(state))}
     _atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
@@ -191,6 +205,12 @@ def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
 
 def read_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict, dict]:
     """(config, state, params, optimiser state) of a run directory; RunError if unusable."""
+    config, state, groups = _load_checkpoint(run_dir)
+    return config, state, groups["param"], groups["optim"]
+
+
+def _load_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict[str, dict]]:
+    """(config, state, {"param": ..., "optim": ..., "best": ...}) of a run directory."""
     path = Path(run_dir) / CHECKPOINT
     if not Path(run_dir).is_dir():
         raise RunError(f"{run_dir} is not a directory (expected a run directory made by "
@@ -212,9 +232,14 @@ def read_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict, dict]:
         state = RunState(**json.loads(meta["state"]))
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{path} has a damaged header: {e}") from None
-    params = {k[6:]: v for k, v in tensors.items() if k.startswith("param/")}
-    optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim/")}
-    return config, state, params, optim
+    groups: dict[str, dict] = {"param": {}, "optim": {}, "best": {}}
+    for k, v in tensors.items():
+        group, _, name = k.partition("/")
+        if group not in groups:
+            raise RunError(f"{path} holds an unknown tensor {k!r} (expected param/, optim/ or "
+                           "best/ names)")
+        groups[group][name] = v
+    return config, state, groups
 
 
 def build_model(config: TrainConfig, x_dim: int, n_classes: int) -> VAE:
@@ -225,21 +250,36 @@ def build_model(config: TrainConfig, x_dim: int, n_classes: int) -> VAE:
                backend=config.backend)
 
 
-def load_params(model: VAE, params: dict, where: str) -> None:
-    """Copy checkpoint arrays into the model, refusing any mismatch of names, shapes or dtypes."""
+def load_params(model: VAE, params: dict, where: str, what: str = "parameter") -> None:
+    """Copy checkpoint arrays into the model, refusing any mismatch of names, shapes or dtypes
+    and any NaN or inf; nothing is copied unless every array passes."""
+    check_params(model, params, where, what)
+    for k, v in params.items():
+        model.params[k][...] = v
+
+
+def check_params(model: VAE, params: dict, where: str, what: str = "parameter") -> None:
+    """RunError unless ``params`` has the model's names, shapes and dtypes and is finite."""
     if set(params) != set(model.params):
         missing = sorted(set(model.params) - set(params))
         extra = sorted(set(params) - set(model.params))
-        raise RunError(f"{where} does not match its configuration: missing {missing}, "
+        raise RunError(f"{where} does not match its configuration: {what}s missing {missing}, "
                        f"unexpected {extra}")
     for k, v in params.items():
         p = model.params[k]
         if v.shape != p.shape or v.dtype != p.dtype:
-            raise RunError(f"{where}: parameter {k} is {v.dtype}{list(v.shape)}, the "
+            raise RunError(f"{where}: {what} {k} is {v.dtype}{list(v.shape)}, the "
                            f"configuration needs {p.dtype}{list(p.shape)}")
         if not np.isfinite(v).all():
-            raise RunError(f"{where}: parameter {k} holds non-finite values")
-        p[...] = v
+            raise RunError(f"{where}: {what} {k} holds non-finite values (NaN or inf)")
+
+
+def _check_optimizer_state(optim_state: dict, where: str) -> None:
+    """Refuse NaN or inf in a saved optimiser state: resuming would poison every later step."""
+    for k, v in optim_state.items():
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise RunError(f"{where}: optimiser state {k} holds non-finite values (NaN or inf); "
+                           "this checkpoint cannot be resumed")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,12 +329,20 @@ def _truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
 
 
+class _Stop(KeyboardInterrupt):
+    """SIGINT/SIGTERM during the final evaluation, raised by ``_Interrupt`` in its ``raising``
+    mode; ``train`` catches it and exits like an interrupt during training."""
+
+
 class _Interrupt:
     """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint is written at a
-    step boundary and the run exits cleanly."""
+    step boundary and the run exits cleanly. With ``raising`` set (the final evaluation, which
+    has no steps to check between, and whose checkpoint is already written) the signal raises
+    ``_Stop`` instead."""
 
     def __init__(self) -> None:
         self.hit = False
+        self.raising = False
         self._old: dict = {}
 
     def __enter__(self):
@@ -307,6 +355,9 @@ class _Interrupt:
 
     def _handle(self, signum, frame) -> None:
         self.hit = True
+        if self.raising:
+            self.raising = False  # a second Ctrl-C while _Stop unwinds must not raise again
+            raise _Stop
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -321,6 +372,7 @@ class TrainResult:
     interrupted: bool
     stopped_early: bool
     summary: dict
+    config: TrainConfig | None = None  # the resolved configuration the run used
 
 
 # Each use of randomness in a run has its own generator, seeded by [seed, salt]: evaluating never
@@ -363,23 +415,97 @@ def eval_elbo(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict | Non
             "stderr": float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None}
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
-          resume: bool = False, progress: bool = True, log: Callable[[str], None] | None = None,
-          max_steps: int | None = None) -> TrainResult:
+# Files a run directory may hold that minivae wrote: the run's own, its pictures (named in
+# minivae.pictures.FILENAMES), the default outputs of `minivae sample` and `minivae reconstruct`
+# (samples-<seed>.png, reconstructions-<n>.png) and the temporary files of their atomic writes.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT)
+COMMAND_PICTURES = r"(?:samples|reconstructions)-\d+\.png"
+
+
+def is_minivae_file(name: str) -> bool:
+    """True for a file name some minivae run (or command on it) writes into a run directory, or a
+    temporary file of such a write; ``--overwrite`` deletes these and nothing else."""
+    from minivae.pictures import FILENAMES  # here: matplotlib costs 0.3 s to import
+
+    known = "|".join(map(re.escape, (*RUN_FILES, *FILENAMES.values())))
+    base = rf"(?:{known}|{COMMAND_PICTURES})"
+    return re.fullmatch(rf"{base}|\.{base}\..+\.tmp", name) is not None
+
+
+def _remove_earlier_run(run_dir: Path) -> None:
+    for path in run_dir.iterdir():
+        if is_minivae_file(path.name) and not path.is_dir():
+            path.unlink(missing_ok=True)
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """``config`` with what it leaves to the machine made explicit, as config.json records it: the
+    backend that "auto" picks here, and the data directory an MNIST-family data set is read from
+    ($MINIVAE_DATA or the per-user cache when data_dir is None; absolute). BackendUnavailable (a
+    ValueError) if the backend cannot run here."""
+    from minivae import data as data_mod
+
+    data_dir = config.data_dir
+    if config.data in data_mod.SOURCES:
+        data_dir = str(data_mod.default_data_dir(data_dir).resolve())
+    return dataclasses.replace(config, backend=get_backend(config.backend).name, data_dir=data_dir)
+
+
+def _resume_config(config: TrainConfig, run_dir: Path, backend: str | None,
+                   log: Callable[[str], None]) -> TrainConfig:
+    """The saved configuration, resolved, on ``backend`` if given, else on the recorded one."""
+    recorded = config.backend
+    if backend is not None:
+        config = dataclasses.replace(config, backend=backend)
+    try:
+        config = resolve(config)
+    except BackendUnavailable as e:
+        if backend is not None:
+            raise
+        raise RunError(f"{run_dir} was trained with backend {recorded!r}, which cannot run here "
+                       f"({e}); continue it on another with `minivae train --resume {run_dir} "
+                       "--backend numpy`") from None
+    if recorded != "auto" and config.backend != recorded:
+        log(f"note: continuing on backend {config.backend!r}; the run so far used {recorded!r}, "
+            f"so its weights will not be bitwise those of an uninterrupted {recorded!r} run")
+    return config
+
+
+def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = False,
+          resume: bool = False, backend: str | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None, max_steps: int | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue) the run in ``run_dir``.
 
-    ``max_steps`` stops after that many optimiser steps in this call (for tests of resume).
+    ``config`` is resolved (``resolve``) before anything is written; with ``resume`` it is read
+    from the checkpoint instead (pass None), and ``backend`` may move the run to another backend
+    (for one where the recorded backend cannot run; the weights are then not bitwise those the
+    recorded backend would reach). ``overwrite`` replaces an earlier run: every file minivae wrote
+    there (``is_minivae_file``) is deleted, anything else in the folder is left alone.
+    SIGINT/SIGTERM save a checkpoint at the next step boundary; during the final evaluation they
+    stop it (the checkpoint is already complete, and ``resume`` evaluates again); either way the
+    result has ``interrupted`` set. ``max_steps`` stops after that many optimiser steps in this
+    call (for tests of resume).
     """
     from minivae import data as data_mod
 
     log = log or (lambda s: print(s, file=sys.stderr))
     run_dir = Path(run_dir)
+    best: dict | None = None  # early stopping: the weights of the best validation epoch so far
     if resume:
-        config, state, params, optim_state = read_checkpoint(run_dir)
+        config, state, groups = _load_checkpoint(run_dir)
+        config = _resume_config(config, run_dir, backend, log)
+        params, optim_state, best = groups["param"], groups["optim"], groups["best"] or None
     else:
+        if backend is not None:
+            raise ValueError(f"backend={backend!r} is for resume; a new run takes its backend "
+                             "from its configuration")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"run directory {run_dir} is a file; expected a folder (or a path that "
+                           "does not exist yet)")
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             raise RunError(f"run directory {run_dir} already exists and is not empty "
                            "(use --overwrite to replace it, or --resume to continue it)")
+        config = resolve(config)
         state = RunState()
 
     ds = data_mod.load_dataset(config.data, data_dir=config.data_dir, key=config.key)
@@ -396,22 +522,29 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
     binarizer = data_mod.Binarizer(config.binarize, config.seed)
 
     if resume:
-        load_params(model, params, str(run_dir / CHECKPOINT))
+        where = str(run_dir / CHECKPOINT)
+        load_params(model, params, where)
+        _check_optimizer_state(optim_state, where)
         try:
             optimizer.load_state_dict(optim_state)
         except ValueError as e:
-            raise RunError(f"{run_dir / CHECKPOINT}: optimiser state does not match: {e}") from None
+            raise RunError(f"{where}: optimiser state does not match: {e}") from None
+        if best is not None:
+            check_params(model, best, where, "best-epoch weight")
+        elif config.patience is not None and state.best_epoch is not None and not state.done:
+            raise RunError(f"{where}: early stopping needs the weights of the best epoch "
+                           f"({state.best_epoch + 1}), and the checkpoint has none")
         _truncate_metrics(run_dir, state.epoch)
         if state.done:
             log(f"{run_dir} is already complete ({state.epoch} epochs)")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.jsonl", "summary.json", CHECKPOINT):
-            (run_dir / stale).unlink(missing_ok=True)
+        _remove_earlier_run(run_dir)
         state.rng_state = np.random.default_rng([config.seed, TRAIN_SALT]).bit_generator.state
         state.epoch_rng_state = state.rng_state
     for leftover in run_dir.glob(".*.tmp"):  # a writer killed before its rename left these
-        leftover.unlink(missing_ok=True)
+        if is_minivae_file(leftover.name):
+            leftover.unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     rng = np.random.default_rng()
@@ -419,6 +552,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
     n_batches = math.ceil(n / config.batch_size)
     steps_this_call = 0
     interrupted = stopped_early = False
+    summary: dict = {}
     xtrain = train_ds.x.astype(model.dtype)
     t0 = time.perf_counter()
     with _Interrupt() as intr:
@@ -479,7 +613,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                 if bar is not None:
                     bar.close()
             if interrupted:
-                save_checkpoint(run_dir, model, optimizer, config, state)
+                save_checkpoint(run_dir, model, optimizer, config, state, best)
                 log(f"interrupted: checkpoint saved at epoch {epoch + 1}, step {state.step}; "
                     f"continue with `minivae train --resume {run_dir}`")
                 break
@@ -501,7 +635,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                     v = {"loss": None, "recon": None, "kl": None}
                 rec |= {"val_loss": v["loss"], "val_recon": v["recon"], "val_kl": v["kl"]}
                 if v["loss"] is not None and v["loss"] < state.best_val:
-                    state.best_val, state.epochs_since_best = v["loss"], 0
+                    state.best_val, state.best_epoch, state.epochs_since_best = v["loss"], epoch, 0
+                    if config.patience is not None:
+                        host = model.backend.to_host
+                        best = {k: np.array(host(p)) for k, p in model.params.items()}
                 else:
                     state.epochs_since_best += 1
             _record(run_dir, rec)
@@ -516,14 +653,31 @@ def train(config: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                 log(f"early stop: validation -ELBO has not improved for {config.patience} epochs")
             if stopped_early or state.epoch >= config.epochs:
                 state.done = True
-            save_checkpoint(run_dir, model, optimizer, config, state)
+                if best is not None and state.best_epoch != epoch:
+                    load_params(model, best, "the best epoch's weights")
+                    log(f"keeping the weights of epoch {state.best_epoch + 1}, the best "
+                        f"validation -ELBO ({state.best_val:.3f})")
+            save_checkpoint(run_dir, model, optimizer, config, state,
+                            None if state.done else best)
             if stopped_early:
                 break
 
-    summary: dict = {}
-    if state.done and not interrupted:
-        summary = _finish(run_dir, config, model, test_ds, test_x, state, log)
-    return TrainResult(run_dir, model, state.epoch, interrupted, stopped_early, summary)
+        if state.done and not interrupted:
+            stop = (f"interrupted during the final evaluation: training is complete and its "
+                    f"checkpoint intact; `minivae train --resume {run_dir}` evaluates it again")
+            if intr.hit:  # the signal came after the last step: nothing of the evaluation ran
+                interrupted = True
+                log(stop)
+            else:
+                intr.raising = True
+                try:
+                    summary = _finish(run_dir, config, model, test_ds, test_x, state, log)
+                except _Stop:
+                    interrupted = True
+                    log(stop)
+                finally:
+                    intr.raising = False
+    return TrainResult(run_dir, model, state.epoch, interrupted, stopped_early, summary, config)
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):
@@ -548,8 +702,11 @@ def _first_nonfinite(res) -> str | None:
 def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, state: RunState,
             log) -> dict:
     """Test -ELBO, IWAE NLL and pictures at the end of a run."""
+    # early stopping kept the best validation epoch's weights; otherwise they are the last's
+    kept = state.best_epoch if config.patience is not None and state.best_epoch is not None \
+        else state.epoch - 1
     summary: dict = {"epochs": state.epoch, "steps": state.global_step,
-                     "skipped_steps": state.skipped_steps}
+                     "skipped_steps": state.skipped_steps, "weights_epoch": kept}
     if test_x is not None:
         t = eval_elbo(model, test_ds, test_x, config.seed, TEST_ELBO_SALT)
         if t is None:

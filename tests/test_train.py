@@ -1,7 +1,9 @@
 """Training runs: exact resume (bitwise on the CPU), interrupts, checkpoints and non-finite values."""
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +14,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from minivae import backends, pictures
+from minivae import train as train_mod
+from minivae.data import write_idx
+from minivae.model import VAE
 from minivae.train import (
     CHECKPOINT,
     NonFiniteError,
     RunError,
     TrainConfig,
+    is_minivae_file,
     read_checkpoint,
     train,
 )
@@ -32,6 +39,28 @@ def _params(run: Path) -> dict[str, np.ndarray]:
     return read_checkpoint(run)[2]
 
 
+def _same_params(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _rewrite_checkpoint(run: Path, tensors=lambda t: t, config=lambda c: c) -> bytes:
+    """Rewrite a run's checkpoint through ``tensors`` and ``config`` (its metadata's config dict);
+    returns the new bytes."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = run / CHECKPOINT
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata()
+    meta["config"] = json.dumps(config(json.loads(meta["config"])))
+    save_file(tensors(load_file(str(path))), str(path), metadata=meta)
+    return path.read_bytes()
+
+
 def test_default_config_trains_digits_and_writes_a_complete_run(tmp_path):
     cfg = TrainConfig(**TINY | {"pictures": True, "epochs": 2})
     res = train(cfg, tmp_path / "run", progress=False, log=_quiet)
@@ -44,7 +73,7 @@ def test_default_config_trains_digits_and_writes_a_complete_run(tmp_path):
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in recs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_iwae_nll"] <= summary["test_elbo_loss"] + 3 * summary["test_elbo_loss_stderr"]
-    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict() == res.config.to_dict()
 
 
 def test_training_lowers_the_loss(tmp_path):
@@ -93,20 +122,41 @@ def test_existing_run_directory_is_refused_unless_overwrite(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
-    cfg = TrainConfig(**TINY | {"epochs": 1})
-    train(cfg, tmp_path / "r", progress=False, log=_quiet)
-    good = (tmp_path / "r" / CHECKPOINT).read_bytes()
-    # resume with a learning rate so large that the weights blow up
-    config, state, params, optim = read_checkpoint(tmp_path / "r")
-    bad = TrainConfig(**(config.to_dict() | {"hidden": (16,), "epochs": 40, "lr": 1e12,
-                                             "likelihood": "gaussian", "binarize": "none"}))
-    with pytest.raises(NonFiniteError, match=r"non-finite .* at epoch \d+, step \d+"):
-        train(bad, tmp_path / "boom", progress=False, log=_quiet)
-    assert (tmp_path / "r" / CHECKPOINT).read_bytes() == good
-    ckpt = tmp_path / "boom" / CHECKPOINT
-    if ckpt.exists():  # the last good checkpoint is loadable and finite
-        _, _, p, _ = read_checkpoint(tmp_path / "boom")
-        assert all(np.isfinite(v).all() for v in p.values())
+    """A learning rate of 1e12: the first step's loss is finite and Adam moves every weight by
+    ~1e12, so the resumed run's next loss overflows. The stop names that step and the tensor, and
+    the checkpoint written before it is left byte for byte."""
+    run = tmp_path / "r"
+    cfg = TrainConfig(**TINY | {"lr": 1e12})
+    assert train(cfg, run, progress=False, log=_quiet, max_steps=1).interrupted
+    good = (run / CHECKPOINT).read_bytes()
+    assert all(np.isfinite(v).all() for v in _params(run).values())  # a good checkpoint
+    with pytest.raises(NonFiniteError) as info:
+        train(None, run, resume=True, progress=False, log=_quiet)
+    assert str(info.value) == ("non-finite loss at epoch 1, step 2 (global step 2); the last good "
+                               "checkpoint is kept")
+    assert (run / CHECKPOINT).read_bytes() == good
+    assert read_checkpoint(run)[1].global_step == 1
+
+
+def test_nonfinite_gradient_stops_naming_the_tensor(tmp_path, monkeypatch):
+    """A finite loss with a NaN in one gradient: the stop names that gradient and the step."""
+    run = tmp_path / "r"
+    cfg = TrainConfig(**TINY)
+    train(cfg, run, progress=False, log=_quiet, max_steps=2)
+    good = (run / CHECKPOINT).read_bytes()
+    real_loss = VAE.loss
+
+    def nan_gradient(self, *args, **kwargs):
+        res = real_loss(self, *args, **kwargs)
+        res.grads["dec.0.W"][0, 0] = np.nan
+        return res
+
+    monkeypatch.setattr(VAE, "loss", nan_gradient)
+    with pytest.raises(NonFiniteError) as info:
+        train(None, run, resume=True, progress=False, log=_quiet)
+    assert str(info.value) == ("non-finite gradient of dec.0.W at epoch 1, step 3 (global step 3); "
+                               "the last good checkpoint is kept")
+    assert (run / CHECKPOINT).read_bytes() == good
 
 
 def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
@@ -159,6 +209,10 @@ def test_kl_warmup_ramps_beta():
     (dict(z_dim=0), "z_dim must be a positive"), (dict(likelihood="x"), "likelihood must be"),
     (dict(val_fraction=0.7), "val_fraction must be in"), (dict(seed=-1), "seed must be"),
     (dict(hidden=(0,)), r"hidden\[0\]"), (dict(optimizer="lamb"), "optimizer must be"),
+    (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+    (dict(momentum=2), r"momentum must be in \[0, 1\), got 2.0"),
+    (dict(patience=3, val_fraction=0.0), "patience 3 needs a validation split"),
+    (dict(backend="tpu"), "backend must be one of"),
 ])
 def test_bad_config_values_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -193,3 +247,344 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     a, b = _params(tmp_path / "full"), _params(run)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert os.path.exists(run / "summary.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C during the final evaluation
+
+
+def _interrupt_the_iwae(monkeypatch) -> list[int]:
+    """Make the final evaluation's IWAE send this process SIGINT, as Ctrl-C would mid-way."""
+    calls = []
+    real_iwae = VAE.iwae
+
+    def iwae(self, *args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler interrupts this long before it ends
+        return real_iwae(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAE, "iwae", iwae)
+    return calls
+
+
+def test_sigint_during_the_final_evaluation_exits_cleanly_and_resume_evaluates(tmp_path,
+                                                                                monkeypatch):
+    run, logged = tmp_path / "r", []
+    calls = _interrupt_the_iwae(monkeypatch)
+    t0 = time.perf_counter()
+    res = train(TrainConfig(**TINY | {"epochs": 2}), run, progress=False, log=logged.append)
+    assert time.perf_counter() - t0 < 5 and calls == [1]
+    assert res.interrupted and res.summary == {}
+    assert logged[-1] == ("interrupted during the final evaluation: training is complete and its "
+                          f"checkpoint intact; `minivae train --resume {run}` evaluates it again")
+    assert not (run / "summary.json").exists()
+    config, state, params, _ = read_checkpoint(run)
+    assert state.done and state.epoch == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    good = (run / CHECKPOINT).read_bytes()
+    monkeypatch.undo()
+    again = train(None, run, resume=True, progress=False, log=_quiet)
+    assert not again.interrupted and again.summary["epochs"] == 2
+    assert (run / "summary.json").is_file() and (run / CHECKPOINT).read_bytes() == good
+
+
+# ------------------------------------------------------------------------------------------------
+# config.json: the fully resolved configuration
+
+
+def _fake_mnist(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for part, n in (("train", 40), ("t10k", 10)):
+        write_idx(folder / f"{part}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 4, 4), dtype=np.uint8))
+        write_idx(folder / f"{part}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+
+
+def test_config_json_records_the_backend_auto_chose_and_the_data_directory_read(tmp_path,
+                                                                             monkeypatch):
+    data_dir = tmp_path / "data"
+    _fake_mnist(data_dir / "mnist")
+    monkeypatch.setenv("MINIVAE_DATA", str(data_dir))
+    cfg = TrainConfig(**TINY | {"data": "mnist", "backend": "auto", "batch_size": 16})
+    run = tmp_path / "r"
+    train(cfg, run, progress=False, log=_quiet, max_steps=2)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["backend"] == backends.get_backend("auto").name != "auto"
+    assert saved["data_dir"] == str(data_dir.resolve())
+    assert read_checkpoint(run)[0].to_dict() == saved
+    # the recorded folder, not the environment of the day, is what a resume reads
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "elsewhere"))
+    assert train(None, run, resume=True, progress=False, log=_quiet).epochs_done == 3
+    # digits reads no data directory: nothing to record
+    train(TrainConfig(**TINY | {"epochs": 1}), tmp_path / "d", progress=False, log=_quiet)
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["data_dir"] is None
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    """cupy unavailable, as on a machine without a GPU (whatever this machine has)."""
+    real_load = backends._load
+
+    def load(name):
+        if name == "cupy":
+            raise ImportError("no CUDA GPU: CuPy sees no device")
+        return real_load(name)
+
+    monkeypatch.setattr(backends, "_load", load)
+    monkeypatch.delitem(backends._loaded, "cupy", raising=False)
+
+
+def test_resume_on_a_machine_without_the_recorded_backend(tmp_path, no_cupy):
+    """Refused with a message that names the backend and the way out; --backend moves the run,
+    which then ends as an uninterrupted run on that backend would."""
+    run = tmp_path / "r"
+    cfg = TrainConfig(**TINY)
+    train(cfg, run, progress=False, log=_quiet, max_steps=5)
+    recorded = _rewrite_checkpoint(run, config=lambda c: c | {"backend": "cupy"})
+    with pytest.raises(RunError) as info:
+        train(None, run, resume=True, progress=False, log=_quiet)
+    assert str(info.value).startswith(f"{run} was trained with backend 'cupy', which cannot run "
+                                      "here (backend 'cupy' is not available: no CUDA GPU")
+    assert str(info.value).endswith(f"`minivae train --resume {run} --backend numpy`")
+    assert (run / CHECKPOINT).read_bytes() == recorded
+    logged: list[str] = []
+    res = train(None, run, resume=True, backend="numpy", progress=False, log=logged.append)
+    assert res.epochs_done == 3 and res.config.backend == "numpy"
+    assert any(line.startswith("note: continuing on backend 'numpy'; the run so far used 'cupy'")
+               for line in logged)
+    assert json.loads((run / "config.json").read_text())["backend"] == "numpy"
+    train(cfg, tmp_path / "full", progress=False, log=_quiet)
+    assert _same_params(_params(tmp_path / "full"), _params(run))  # it was numpy all along
+
+
+def test_backend_is_only_for_resume(tmp_path):
+    with pytest.raises(ValueError, match="backend='numpy' is for resume"):
+        train(TrainConfig(**TINY), tmp_path / "r", backend="numpy", progress=False, log=_quiet)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_backend_that_cannot_run_writes_no_run_directory(tmp_path, no_cupy):
+    with pytest.raises(backends.BackendUnavailable, match="backend 'cupy' is not available"):
+        train(TrainConfig(**TINY | {"backend": "cupy"}), tmp_path / "r", progress=False,
+              log=_quiet)
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# --overwrite
+
+
+def test_overwrite_deletes_every_file_an_earlier_run_wrote_and_nothing_else(tmp_path):
+    run = tmp_path / "r"
+    train(TrainConfig(**TINY | {"epochs": 1}), run, progress=False, log=_quiet)
+    stale = [*pictures.FILENAMES.values(), "samples-0.png", "samples-17.png",
+             "reconstructions-16.png", ".checkpoint.safetensors.k2j4x9.tmp",
+             ".manifold.png.4242.deadbeef.tmp"]
+    mine = ["notes.txt", "samples-best.png", "my-manifold.png", "reconstructions.jpg",
+            "config.json.bak", ".hidden.tmp"]
+    for name in stale + mine:
+        (run / name).write_bytes(b"from before")
+    (run / "plots").mkdir()
+    (run / "plots" / "manifold.png").write_bytes(b"the user's")
+    with pytest.raises(RunError, match="already exists and is not empty"):
+        train(TrainConfig(**TINY | {"epochs": 1}), run, progress=False, log=_quiet)
+    assert all((run / name).read_bytes() == b"from before" for name in stale + mine)
+    # a new configuration without pictures: none of the old ones may stay to mislead
+    train(TrainConfig(**TINY | {"epochs": 1, "z_dim": 3}), run, overwrite=True, progress=False,
+          log=_quiet)
+    left = sorted(p.name for p in run.iterdir())
+    assert left == sorted([*mine, "plots", "config.json", "metrics.jsonl", CHECKPOINT,
+                           "summary.json"])
+    assert all((run / name).read_bytes() == b"from before" for name in mine)
+    assert (run / "plots" / "manifold.png").read_bytes() == b"the user's"
+    assert json.loads((run / "config.json").read_text())["z_dim"] == 3
+
+
+@pytest.mark.parametrize("name, ours", [
+    ("config.json", True), ("metrics.jsonl", True), ("summary.json", True), (CHECKPOINT, True),
+    ("loss_curves.png", True), ("class_grid.png", True), ("samples-3.png", True),
+    ("reconstructions-100.png", True), (".metrics.jsonl.abc123.tmp", True),
+    (".samples-3.png.99.ab.tmp", True), ("samples-.png", False), ("samples-3.png.bak", False),
+    ("xconfig.json", False), (".config.json.tmp", False), ("notes.tmp", False),
+    ("checkpoint.safetensors.old", False), ("Manifold.png", False),
+])
+def test_is_minivae_file(name, ours):
+    assert is_minivae_file(name) is ours
+
+
+def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(RunError, match="is a file; expected a folder"):
+        train(TrainConfig(**TINY), tmp_path / "f", overwrite=True, progress=False, log=_quiet)
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile checkpoints on resume
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_resume_refuses_an_optimiser_state_with_nan_or_inf(tmp_path, bad):
+    run = tmp_path / "r"
+    train(TrainConfig(**TINY), run, progress=False, log=_quiet, max_steps=3)
+
+    def poison(t):
+        t["optim/exp_avg_sq/dec.0.b"][1] = bad
+        return t
+
+    written = _rewrite_checkpoint(run, poison)
+    with pytest.raises(RunError, match=r"optimiser state exp_avg_sq/dec.0.b holds non-finite "
+                                       r"values \(NaN or inf\); this checkpoint cannot be resumed"):
+        train(None, run, resume=True, progress=False, log=_quiet)
+    assert (run / CHECKPOINT).read_bytes() == written
+
+
+@pytest.mark.parametrize("key, match", [
+    ("param/enc.0.W", r"parameter enc.0.W is float64\[16, 64\], the configuration needs "
+                      r"float32\[16, 64\]"),
+    ("optim/exp_avg/enc.0.W", r"optimiser state does not match: .*exp_avg/enc.0.W.* dtype "
+                              "float32"),
+])
+def test_resume_refuses_dtypes_that_do_not_match_the_config(tmp_path, key, match):
+    run = tmp_path / "r"
+    train(TrainConfig(**TINY), run, progress=False, log=_quiet, max_steps=3)
+
+    def widen(t):
+        t[key] = t[key].astype(np.float64)
+        return t
+
+    written = _rewrite_checkpoint(run, widen)
+    with pytest.raises(RunError, match=match):
+        train(None, run, resume=True, progress=False, log=_quiet)
+    assert (run / CHECKPOINT).read_bytes() == written
+
+
+# ------------------------------------------------------------------------------------------------
+# the training loop's features
+
+
+# lr 0.1 on digits: validation -ELBO improves for two epochs, then worsens (measured; seeded)
+EARLY = TINY | {"epochs": 30, "patience": 1, "lr": 0.1}
+
+
+def test_early_stopping_keeps_the_best_validation_epochs_weights(tmp_path):
+    logged: list[str] = []
+    res = train(TrainConfig(**EARLY), tmp_path / "r", progress=False, log=logged.append)
+    recs = _metrics(tmp_path / "r")
+    val = [r["val_loss"] for r in recs]
+    best = int(np.argmin(val))
+    assert res.stopped_early and len(recs) == best + 1 + EARLY["patience"] < EARLY["epochs"]
+    assert "early stop: validation -ELBO has not improved for 1 epochs" in logged
+    assert f"keeping the weights of epoch {best + 1}, the best validation -ELBO " \
+           f"({val[best]:.3f})" in logged
+    assert res.summary["weights_epoch"] == best
+    # the weights are those a run of exactly best + 1 epochs ends with
+    short = TrainConfig(**TINY | {"epochs": best + 1, "lr": 0.1})
+    train(short, tmp_path / "short", progress=False, log=_quiet)
+    assert _same_params(_params(tmp_path / "r"), _params(tmp_path / "short"))
+    assert _same_params({k: np.asarray(v) for k, v in res.model.params.items()},
+                        _params(tmp_path / "short"))
+
+
+def test_early_stopping_resumes_bitwise_with_its_best_weights(tmp_path):
+    """Interrupted after the best epoch: the checkpoint carries the best weights, so the resumed
+    run ends with the same (best-epoch) weights as an uninterrupted one."""
+    cfg = TrainConfig(**EARLY)
+    train(cfg, tmp_path / "full", progress=False, log=_quiet)
+    steps_per_epoch = 23  # ceil(1438 training rows / 64)
+    train(cfg, tmp_path / "cut", progress=False, log=_quiet, max_steps=2 * steps_per_epoch + 5)
+    assert read_checkpoint(tmp_path / "cut")[1].best_epoch == 1
+    res = train(None, tmp_path / "cut", resume=True, progress=False, log=_quiet)
+    assert res.stopped_early
+    assert _same_params(_params(tmp_path / "full"), _params(tmp_path / "cut"))
+
+
+def _record_grad_norms(monkeypatch) -> list[float]:
+    """Every gradient the optimiser is handed, as its global 2-norm."""
+    norms: list[float] = []
+    real_make = train_mod.make_optimizer
+
+    def make(*args, **kwargs):
+        opt = real_make(*args, **kwargs)
+        real_step = opt.step
+
+        def step(grads):
+            norms.append(float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2)
+                                           for g in grads.values()))))
+            return real_step(grads)
+
+        opt.step = step
+        return opt
+
+    monkeypatch.setattr(train_mod, "make_optimizer", make)
+    return norms
+
+
+def test_gradient_clipping_bounds_every_step(tmp_path, monkeypatch):
+    norms = _record_grad_norms(monkeypatch)
+    train(TrainConfig(**TINY | {"epochs": 1}), tmp_path / "free", progress=False, log=_quiet)
+    free = list(norms)
+    norms.clear()
+    clip = min(free) / 2
+    train(TrainConfig(**TINY | {"epochs": 1, "clip": clip}), tmp_path / "clipped",
+          progress=False, log=_quiet)
+    assert min(free) > clip  # the clip bites at every step
+    assert len(norms) == len(free) and max(norms) <= clip * (1 + 1e-5)
+    assert not _same_params(_params(tmp_path / "free"), _params(tmp_path / "clipped"))
+
+
+@pytest.mark.parametrize("optimizer, state", [("sgd", {"momentum_buffer"}),
+                                              ("adamw", {"exp_avg", "exp_avg_sq"})])
+def test_sgd_and_adamw_train_and_resume_bitwise(tmp_path, optimizer, state):
+    cfg = TrainConfig(**TINY | {"epochs": 2, "optimizer": optimizer, "lr": 0.01,
+                                "weight_decay": 0.1})
+    train(cfg, tmp_path / "full", progress=False, log=_quiet)
+    recs = _metrics(tmp_path / "full")
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    optim = read_checkpoint(tmp_path / "full")[3]
+    assert {k.split("/")[0] for k in optim} == state | {"step"} and int(optim["step"]) == 46
+    train(cfg, tmp_path / "cut", progress=False, log=_quiet, max_steps=30)
+    train(None, tmp_path / "cut", resume=True, progress=False, log=_quiet)
+    assert _same_params(_params(tmp_path / "full"), _params(tmp_path / "cut"))
+
+
+def test_adamw_decay_is_decoupled_from_adams(tmp_path):
+    runs = {}
+    for name in ("adam", "adamw"):
+        train(TrainConfig(**TINY | {"epochs": 1, "optimizer": name, "weight_decay": 0.1}),
+              tmp_path / name, progress=False, log=_quiet)
+        runs[name] = _params(tmp_path / name)
+    assert not _same_params(runs["adam"], runs["adamw"])
+
+
+def test_kl_warmup_in_the_loop_weights_the_kl_term_by_the_ramp(tmp_path):
+    cfg = TrainConfig(**TINY | {"epochs": 4, "warmup_epochs": 3})
+    train(cfg, tmp_path / "r", progress=False, log=_quiet)
+    recs = _metrics(tmp_path / "r")
+    assert [r["beta"] for r in recs] == [cfg.beta_at(e) for e in range(4)] == [1 / 3, 2 / 3, 1, 1]
+    for r in recs:
+        assert r["train_loss"] == pytest.approx(r["train_recon"] + r["beta"] * r["train_kl"],
+                                                rel=1e-6)
+        assert r["train_neg_elbo"] == pytest.approx(r["train_recon"] + r["train_kl"], rel=1e-6)
+    assert recs[0]["train_loss"] < recs[0]["train_neg_elbo"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_the_running_loss_recon_and_kl(tmp_path, monkeypatch):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    train(TrainConfig(**TINY | {"epochs": 1}), tmp_path / "r", progress=True, log=_quiet)
+    shown = term.getvalue()
+    assert "epoch 1/1" in shown
+    for term_name in ("loss", "recon", "kl"):  # tqdm orders the postfix by name
+        assert re.search(rf"\b{term_name}=\d+\.\d\d\b", shown), (term_name, shown)
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    train(TrainConfig(**TINY | {"epochs": 1}), tmp_path / "q", progress=False, log=_quiet)
+    assert term.getvalue() == ""
