@@ -140,6 +140,123 @@ def test_disk_full_in_the_cli_is_one_line_and_exit_2(tmp_path, monkeypatch, caps
     assert ".tmp" not in errors[0] and "Traceback" not in err
 
 
+class _FillingFile:
+    """A file on a disk that fills up: the first ``budget`` bytes land (flushed, as a short write
+    leaves them), then ENOSPC with no file name, as write(2) reports it."""
+
+    def __init__(self, fh, budget: int) -> None:
+        self._fh, self._room = fh, budget
+
+    def write(self, data):
+        if len(data) > self._room:
+            self._fh.write(data[: self._room])
+            self._fh.flush()
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
+def _fill_disk_while_writing(monkeypatch, target: str, modes: str, budget: int) -> list[str]:
+    """Every open() of ``target``, or of the temporary file of its atomic write, in one of the
+    ``modes`` ("w", "a", "x") gets a _FillingFile. Returns the list of paths it caught."""
+    import builtins
+    import io
+
+    caught: list[str] = []
+
+    def wrap(real_open):
+        def fake_open(file, mode="r", *args, **kwargs):
+            fh = real_open(file, mode, *args, **kwargs)
+            name = Path(file).name if isinstance(file, (str, os.PathLike)) else ""
+            ours = name == target or (name.startswith(f".{target}.") and name.endswith(".tmp"))
+            if ours and any(m in mode for m in modes):
+                caught.append(name)
+                return _FillingFile(fh, budget)
+            return fh
+
+        return fake_open
+
+    monkeypatch.setattr(builtins, "open", wrap(builtins.open))
+    monkeypatch.setattr(io, "open", wrap(io.open))  # pathlib's write_text opens through io.open
+    return caught
+
+
+@pytest.fixture(scope="module")
+def disk_runs(tmp_path_factory):
+    """A complete run with pictures, a run cut mid-epoch 2 (one metrics line), and the
+    uninterrupted run the cut one must end as."""
+    root = tmp_path_factory.mktemp("disk")
+    cfg = TrainConfig(**RUN_CONFIG | {"epochs": 3})
+    train(TrainConfig(**RUN_CONFIG | {"epochs": 2, "pictures": True}), root / "complete",
+          progress=False, log=_quiet)
+    train(cfg, root / "cut", progress=False, log=_quiet, max_steps=15)
+    train(cfg, root / "full", progress=False, log=_quiet)
+    return root
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+_METRICS_APPEND_BUG = (
+    "minivae/train.py _record (~301-305) appends the epoch record in place with open(..., 'a'): "
+    "on ENOSPC the partial line stays in metrics.jsonl (a line that is not JSON, until a resume "
+    "truncates it) and the OSError carries no file name, so the CLI says only 'No space left on "
+    "device'. Fix: note the size before writing, truncate back to it on OSError, and re-raise as "
+    "OSError(e.errno, e.strerror, str(path)) as _atomic_write does")
+_PICTURE_NAME_BUG = (
+    "minivae/pictures.py _save (~190-207) re-raises the OSError from fig.savefig unchanged, and a "
+    "full disk's write error carries no file name, so the CLI says only 'No space left on device' "
+    "without naming the picture (the old picture itself stays intact). Fix: in _save, re-raise as "
+    "OSError(e.errno, e.strerror, str(path)) like train._atomic_write")
+
+
+@pytest.mark.parametrize("run_name, target, modes, budget", [
+    ("cut", "config.json", "w", 10),  # rewritten at every start, resume included
+    ("cut", "metrics.jsonl", "w", 10),  # rewritten on resume (lines past the checkpoint dropped)
+    pytest.param("cut", "metrics.jsonl", "a", 10, id="cut-metrics.jsonl-append",
+                 marks=pytest.mark.xfail(strict=True, reason=_METRICS_APPEND_BUG)),
+    ("complete", "summary.json", "w", 10),  # rewritten when a complete run is resumed
+    pytest.param("complete", "samples.png", "x", 20, id="complete-samples.png",
+                 marks=pytest.mark.xfail(strict=True, reason=_PICTURE_NAME_BUG)),
+])
+def test_disk_full_while_writing_a_run_file_is_one_clear_line_and_corrupts_nothing(
+        tmp_path, monkeypatch, capsys, disk_runs, run_name, target, modes, budget):
+    """ENOSPC part-way through writing config.json, metrics.jsonl (its rewrite and its append),
+    summary.json or a picture: exit code 2 with one line naming the file, every file of the run
+    byte for byte as it was, no temporary file left, and once there is room again --resume ends
+    with bitwise the weights of an uninterrupted run."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(disk_runs / run_name, run)
+    before = _snapshot(run)
+    caught = _fill_disk_while_writing(monkeypatch, target, modes, budget)
+    code = cli.main(["train", "--resume", str(run), "--no-progress"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert caught, f"{target} was never opened for writing ({modes})"
+    errors = [line for line in err.splitlines() if line.startswith("minivae: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "No space left on device" in errors[0] and target in errors[0], errors[0]
+    assert ".tmp" not in errors[0]
+    assert _snapshot(run) == before, "a file of the run changed"
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    reference = read_checkpoint(disk_runs / ("full" if run_name == "cut" else "complete"))[2]
+    params = read_checkpoint(run)[2]
+    assert all(np.array_equal(params[k], v) for k, v in reference.items())
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; the "
                     "EROFS/EACCES paths are covered by the monkeypatched tests above")
 def test_read_only_output_directory_is_a_clear_error(tmp_path, capsys):
