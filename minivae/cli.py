@@ -2,6 +2,10 @@
 
 Every user error ends as one line on stderr and exit code 2 (no traceback); nothing is written
 before the arguments and inputs are known to be good.
+
+Exit status: 0 done; 1 training stopped on a NaN/inf loss or gradient (its last good checkpoint
+kept), or gradcheck found a wrong gradient; 2 bad arguments or inputs; 130 interrupted by Ctrl-C
+or SIGTERM (training saved a checkpoint: ``minivae train --resume RUN`` continues).
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ import sys
 from pathlib import Path
 
 from minivae import commands
+from minivae.backends import AUTO_ORDER, BACKENDS
+from minivae.layers import ACTIVATIONS
+from minivae.likelihoods import LIKELIHOODS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+EXIT_NONFINITE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 
 
 class UsageError(ValueError):
@@ -49,38 +58,53 @@ def _csv_ints(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
+def _choices(names) -> str:
+    return " | ".join(names)
+
+
 TRAIN_FLAGS = {
-    # flag: (type, help)
+    # flag: (type, help); the help gets "(default: ...)" from TrainConfig, or from NONE_MEANS
+    # where TrainConfig's default is None
     "data": (str, "dataset: digits (bundled), mnist, fashion-mnist, kmnist, or a .npy/.npz/.h5 "
                   "file or a folder of PNG images"),
-    "data_dir": (str, "where MNIST-family IDX files live (default $MINIVAE_DATA, else a per-user "
-                      "cache directory)"),
+    "data_dir": (str, "where MNIST-family IDX files live; config.json records the folder read"),
     "key": (str, "array name inside a .npz or .h5 file"),
     "binarize": (str, "none | static | dynamic (resampled every epoch)"),
     "val_fraction": (float, "share of the data held out for validation"),
     "test_fraction": (float, "share of the data held out for testing"),
     "hidden": (_csv_ints, "hidden widths, comma-separated (the decoder mirrors them)"),
     "z_dim": (int, "latent dimension"),
-    "activation": (str, "relu | leaky_relu | elu | tanh | sigmoid | softplus"),
-    "likelihood": (str, "bernoulli | cbernoulli | gaussian | gaussian_learned"),
+    "activation": (str, _choices(ACTIVATIONS)),
+    "likelihood": (str, _choices(LIKELIHOODS)),
     "sigma": (float, "standard deviation of the fixed-sigma gaussian likelihood"),
     "dtype": (str, "float32 | float64"),
     "epochs": (int, "number of epochs"),
     "batch_size": (int, "examples per step"),
     "optimizer": (str, "sgd | adam | adamw"),
     "lr": (float, "learning rate"),
-    "momentum": (float, "SGD momentum"),
+    "momentum": (float, "SGD momentum, in [0, 1)"),
     "weight_decay": (float, "weight decay (L2 for sgd/adam, decoupled for adamw)"),
     "beta": (float, "weight of the KL term"),
     "warmup_epochs": (int, "KL warm-up: beta grows linearly over this many epochs"),
     "clip": (float, "clip the global gradient norm to this value"),
-    "patience": (int, "early stopping: epochs without a better validation -ELBO"),
+    "patience": (int, "early stopping: stop after this many epochs without a better validation "
+                      "-ELBO and keep the weights of the best epoch (needs --val-fraction > 0)"),
     "n_samples": (int, "samples of z per example in the training loss"),
     "seed": (int, "seed of every random draw of the run"),
     "iwae_k": (int, "importance samples for the final test NLL estimate"),
     "on_nonfinite": (str, "stop | skip: what a NaN/inf loss or gradient does"),
-    "backend": (str, "numpy | numba | cupy | numba-cuda | auto (the fastest available here)"),
+    "backend": (str, f"{_choices((*BACKENDS, 'auto'))} (auto: the first of "
+                     f"{', '.join(AUTO_ORDER)} that runs here; config.json records which)"),
 }
+# What a TrainConfig default of None means, as --help says it.
+NONE_MEANS = {
+    "data_dir": "$MINIVAE_DATA, else a per-user cache directory",
+    "key": "none: the array named x, else the only one besides the labels",
+    "clip": "off",
+    "patience": "off: train every epoch, keep the last weights",
+}
+# The flags --resume takes; every other setting comes from the run's saved configuration.
+RESUME_FLAGS = ("--backend", "--no-progress")
 
 
 def _train_parser(sub) -> None:
@@ -89,11 +113,17 @@ def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a VAE (default: the bundled digits data)",
                        description="Train a VAE. With no arguments: the UCI digits bundled with "
                        "scikit-learn, 64-128-8, Bernoulli likelihood, dynamic binarization, Adam, "
-                       "50 epochs. Settings come from --config (TOML), then flags (flags win).")
+                       "50 epochs. Settings come from --config (TOML), then flags (flags win); "
+                       "the run directory's config.json records them fully resolved.",
+                       epilog="exit status: 0 done, 1 stopped on a NaN/inf loss or gradient (the "
+                       "last good checkpoint is kept), 2 bad arguments or inputs, 130 interrupted "
+                       "by Ctrl-C or SIGTERM (a checkpoint is saved; --resume continues)")
     defaults = TrainConfig()
     for name, (typ, help_) in TRAIN_FLAGS.items():
         d = getattr(defaults, name)
-        shown = ",".join(map(str, d)) if isinstance(d, tuple) else d
+        shown = NONE_MEANS[name] if d is None else ",".join(map(str, d)) if isinstance(d, tuple) \
+            else d
+        # default=None: a flag that was given is told apart from one left at its default
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
                        help=f"{help_} (default: {shown})")
     p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
@@ -103,8 +133,14 @@ def _train_parser(sub) -> None:
     p.add_argument("--config", type=Path, help="TOML file of settings (keys as the flags, with _)")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory (default: runs/<data>-<seed>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run directory: delete every file an earlier minivae "
+                        "run wrote there (other files stay)")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue the run in RUN with the configuration saved there; only "
+                        f"{' and '.join(RESUME_FLAGS)} may be given with it (--backend moves the "
+                        "run to another backend, e.g. when its own cannot run here), any other "
+                        "setting is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -115,12 +151,16 @@ def _train(args) -> int:
     flags = {k: getattr(args, k) for k in (*TRAIN_FLAGS, "conditional", "pictures")
              if getattr(args, k) is not None}
     if args.resume:
-        if flags or args.config or args.out:
-            raise UsageError("--resume continues a run with its saved configuration: give no "
-                             "other settings")
-        result = train(None, args.resume, resume=True,  # type: ignore[arg-type]
+        given = [f"--{k.replace('_', '-')}" for k in flags if k != "backend"]
+        given += [f for f, v in (("--config", args.config), ("--out", args.out),
+                                 ("--overwrite", args.overwrite)) if v]
+        if given:
+            raise UsageError(f"--resume continues a run with its saved configuration: "
+                             f"{', '.join(given)} cannot be given with it (only "
+                             f"{' and '.join(RESUME_FLAGS)} can)")
+        result = train(None, args.resume, resume=True, backend=args.backend,
                        progress=not args.no_progress)
-        return 0 if not result.interrupted else 130
+        return EXIT_INTERRUPTED if result.interrupted else 0
     settings: dict = {}
     if args.config:
         try:
@@ -133,7 +173,7 @@ def _train(args) -> int:
     config = TrainConfig.from_dict(settings)
     out = args.out or Path("runs") / f"{Path(config.data).stem}-{config.seed}"
     result = train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
-    return 0 if not result.interrupted else 130
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -375,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except NonFiniteError as e:
         print(f"minivae: {e}", file=sys.stderr)
-        return 1
+        return EXIT_NONFINITE
     except OSError as e:
         return _die(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
 

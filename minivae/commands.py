@@ -8,6 +8,7 @@ argument, what it was and what was expected. The ``*_text`` functions format res
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import math
 import os
 import platform
@@ -20,6 +21,7 @@ import numpy as np
 
 import minivae
 from minivae import _checks, data
+from minivae.backends import BACKENDS, BackendUnavailable, get_backend
 from minivae.gradcheck import GradcheckResult, gradcheck
 from minivae.layers import ACTIVATIONS
 from minivae.likelihoods import LIKELIHOODS
@@ -260,34 +262,61 @@ def _try_import(module: str) -> tuple[Any, str | None]:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
 
 
-def backends() -> list[dict[str, Any]]:
-    """Which compute backends this machine could use: importable? a GPU present?"""
-    rows: list[dict[str, Any]] = [{"name": "numpy", "importable": True, "version": np.__version__,
-                                   "gpu": None, "note": "the reference; always available"}]
-    numba, why = _try_import("numba")
-    rows.append({"name": "numba", "importable": numba is not None,
-                 "version": getattr(numba, "__version__", None), "gpu": None, "note": why})
-    numba_cuda, why = _try_import("numba_cuda")
-    row = {"name": "numba-cuda", "importable": numba_cuda is not None,
-           "version": getattr(numba_cuda, "__version__", None), "gpu": None, "note": why}
-    if numba_cuda is not None:
-        try:
-            from numba import cuda
+def _numba_cuda_version(numba: Any) -> str | None:
+    """The numba-cuda package's version where it is installed (it then provides ``numba.cuda``),
+    else numba's own: older numba releases ship ``numba.cuda`` themselves."""
+    try:
+        return importlib.metadata.version("numba-cuda")
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(numba, "__version__", None)
 
-            row["gpu"] = bool(cuda.is_available())
-        except Exception as e:  # no driver, wrong toolkit: no GPU for us either way
-            row["gpu"], row["note"] = False, f"{type(e).__name__}: {e}".splitlines()[0]
-    rows.append(row)
-    cupy, why = _try_import("cupy")
-    row = {"name": "cupy", "importable": cupy is not None,
-           "version": getattr(cupy, "__version__", None), "gpu": None, "note": why}
-    if cupy is not None:
+
+def _gpu(name: str, module: Any) -> tuple[bool | None, str | None]:
+    """(a GPU seen?, a note) for a GPU backend's library; (None, None) for a CPU backend."""
+    try:
+        if name == "numba-cuda":
+            if module.jit.__module__.startswith("numba.cuda.simulator"):
+                return False, "Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): no GPU, CPU threads"
+            return bool(module.is_available()), None
+        if name == "cupy":
+            count = int(module.cuda.runtime.getDeviceCount())
+            return count > 0, f"{count} device(s)"
+    except Exception as e:  # no driver, wrong toolkit: no GPU for us either way
+        return False, f"{type(e).__name__}: {e}".splitlines()[0]
+    return None, None
+
+
+# The library each backend runs on, imported to report its version and whether it sees a GPU.
+BACKEND_LIBRARIES = {"numpy": "numpy", "numba": "numba", "numba-cuda": "numba.cuda", "cupy": "cupy"}
+
+
+def backends() -> list[dict[str, Any]]:
+    """Every backend of minivae.backends.BACKENDS, as this machine has it.
+
+    ``available`` is exactly the verdict of ``minivae.backends.available()`` (the backend loads
+    and runs here); ``importable``, ``version`` and ``gpu`` describe the library behind it (numba's
+    ``numba.cuda`` for numba-cuda, from the numba-cuda package where that is installed), and
+    ``note`` says why a backend is not available, or what else is worth knowing.
+    """
+    rows: list[dict[str, Any]] = []
+    for name in BACKENDS:
         try:
-            count = int(cupy.cuda.runtime.getDeviceCount())
-            row["gpu"], row["note"] = count > 0, f"{count} device(s)"
-        except Exception as e:  # CUDARuntimeError without a driver or device
-            row["gpu"], row["note"] = False, f"{type(e).__name__}: {e}".splitlines()[0]
-    rows.append(row)
+            get_backend(name)
+            available, why = True, None
+        except BackendUnavailable as e:  # what available() reports as the reason
+            available, why = False, str(e)
+        except Exception as e:  # a broken GPU stack: report it, as available() cannot
+            available, why = False, f"{type(e).__name__}: {e}".splitlines()[0]
+        module, import_error = _try_import(BACKEND_LIBRARIES[name])
+        if name == "numba-cuda":
+            version = None if module is None else _numba_cuda_version(sys.modules.get("numba"))
+        else:
+            version = getattr(module, "__version__", None)
+        gpu, gpu_note = (None, None) if module is None else _gpu(name, module)
+        note = why or gpu_note or ("the reference; always available" if name == "numpy" else None)
+        rows.append({"name": name, "available": available, "importable": module is not None,
+                     "version": version, "gpu": gpu,
+                     "note": note if module is not None else (why or import_error)})
     return rows
 
 
@@ -316,10 +345,12 @@ def info_text(d: dict[str, Any]) -> str:
         lines.append("blas: unknown (install threadpoolctl to see it)")
     lines.append("backends:")
     for b in d["backends"]:
-        state = f"yes ({b['version']})" if b["importable"] else "no"
+        library = f"{BACKEND_LIBRARIES[b['name']]} {b['version']}" if b["importable"] else \
+            f"{BACKEND_LIBRARIES[b['name']]} not importable"
         gpu = "" if b["gpu"] is None else f", GPU: {'yes' if b['gpu'] else 'no'}"
         note = f"  [{b['note']}]" if b["note"] else ""
-        lines.append(f"  {b['name']:<11} importable: {state}{gpu}{note}")
+        lines.append(f"  {b['name']:<11} available: {'yes' if b['available'] else 'no '}  "
+                     f"({library}{gpu}){note}")
     lines.append(f"data directory: {d['data_dir']}")
     lines.append(datasets_text(d["datasets"], indent="  "))
     return "\n".join(lines)

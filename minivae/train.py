@@ -447,7 +447,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
     data_dir = config.data_dir
     if config.data in data_mod.SOURCES:
-        data_dir = str(data_mod.default_data_dir(data_dir).resolve())
+        folder = data_mod.default_data_dir(data_dir).resolve()
+        if folder.exists() and not folder.is_dir():
+            raise data_mod.DataError(f"data directory {folder} is a file (from --data-dir or "
+                                     "$MINIVAE_DATA); expected a folder")
+        data_dir = str(folder)
     return dataclasses.replace(config, backend=get_backend(config.backend).name, data_dir=data_dir)
 
 

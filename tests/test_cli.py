@@ -2,20 +2,27 @@
 
 Properties proven: every command does its job through ``cli.main`` exactly as its Python function
 in ``minivae.commands`` does; ``evaluate`` reproduces the numbers training wrote to summary.json
-(so it sees the same test split and binarisation); every flag's --help shows its default; and bad
-input anywhere ends as exit code 2 with one ``minivae: error:`` line on stderr that names the
-problem, no traceback, and the file system untouched.
+(so it sees the same test split and binarisation); every flag's --help shows its exact default
+(for train: TrainConfig's, and what None means); ``info`` reports the backends exactly as
+``minivae.backends.available()`` does; and bad input anywhere ends as exit code 2 with one
+``minivae: error:`` line on stderr that names the problem, no traceback, and the file system
+untouched. A non-finite stop exits 1 and an interrupt 130, each with a one-line message.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
+import importlib.metadata
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,9 +30,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from minivae import cli, commands, data
+from minivae import backends, cli, commands, data
+from minivae.backends import BACKENDS
 from minivae.data import IDX_FILES, write_idx
 from minivae.model import VAE
+from minivae.train import TrainConfig
 
 TINY = ["--epochs", "2", "--hidden", "16", "--z-dim", "2", "--iwae-k", "10", "--no-pictures",
         "--no-progress"]
@@ -79,6 +88,11 @@ def _snapshot(*roots: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 # bad input: exit 2, one line, no traceback, nothing written
+
+# Every train flag that takes a value: each has a missing-value row and malformed or
+# out-of-range rows below (test_the_bad_input_table_covers_every_train_flag checks it).
+TRAIN_VALUE_FLAGS = [*(f"--{name.replace('_', '-')}" for name in cli.TRAIN_FLAGS), "--config",
+                     "--out", "--resume"]
 
 BAD = [
     # (argv, a piece of the message that names the problem)
@@ -158,6 +172,51 @@ BAD = [
     ("train --config {tmp}/missing.toml", "missing.toml: no such file"),
     ("train --config {unknown_toml}", "unknown configuration key 'epoch'"),
     ("train --data nosuch", "'nosuch' is neither a built-in"),
+    *[(f"train {flag}", f"argument {flag}: expected one argument") for flag in TRAIN_VALUE_FLAGS],
+    ("train --data {arrays} --key nope", "arrays.npz: key 'nope' not found; arrays present: x"),
+    ("train --data mnist --data-dir {corrupt_idx}",
+     "train-images-idx3-ubyte.gz: wrong magic 01 02, expected 00 00"),
+    ("train --data mnist --data-dir {afile}", "afile.txt is a file (from --data-dir"),
+    ("train --data mnist --data-dir {tmp}/nodata", "is missing from"),
+    ("train --key x", "key='x' given for built-in data set 'digits'"),
+    ("train --binarize maybe", "binarize must be one of 'none', 'static', 'dynamic', got 'maybe'"),
+    ("train --val-fraction 0.5", "val_fraction must be in [0, 0.5), got 0.5"),
+    ("train --val-fraction tenth", "argument --val-fraction: invalid float value: 'tenth'"),
+    ("train --test-fraction -0.1", "test_fraction must be a finite number >= 0, got -0.1"),
+    ("train --hidden 8,x", "argument --hidden: expected comma-separated integers, got '8,x'"),
+    ("train --hidden 8,-3", "hidden[1] must be a positive integer, got -3"),
+    ("train --z-dim two", "argument --z-dim: invalid int value: 'two'"),
+    ("train --activation swish", "activation must be one of"),
+    ("train --sigma 0", "sigma must be a finite number > 0, got 0.0"),
+    ("train --sigma nan", "sigma must be a finite number >= 0, got nan"),
+    ("train --dtype float16", "dtype must be 'float32' or 'float64', got 'float16'"),
+    ("train --epochs 0", "epochs must be a positive integer, got 0"),
+    ("train --batch-size 1.5", "argument --batch-size: invalid int value: '1.5'"),
+    ("train --optimizer lamb", "optimizer must be one of 'sgd', 'adam', 'adamw', got 'lamb'"),
+    ("train --lr abc", "argument --lr: invalid float value: 'abc'"),
+    ("train --lr inf", "lr must be a finite number >= 0, got inf"),
+    ("train --momentum 2", "momentum must be in [0, 1), got 2.0"),
+    ("train --momentum 1", "momentum must be in [0, 1), got 1.0"),
+    ("train --momentum -0.5", "momentum must be a finite number >= 0, got -0.5"),
+    ("train --weight-decay -1", "weight_decay must be a finite number >= 0, got -1.0"),
+    ("train --beta nan", "beta must be a finite number >= 0, got nan"),
+    ("train --warmup-epochs -1", "warmup_epochs must be an integer >= 0, got -1"),
+    ("train --warmup-epochs x", "argument --warmup-epochs: invalid int value: 'x'"),
+    ("train --clip 0", "clip must be a finite number > 0, got 0.0"),
+    ("train --clip -1", "clip must be a finite number >= 0, got -1.0"),
+    ("train --patience 0", "patience must be a positive integer, got 0"),
+    ("train --patience 2 --val-fraction 0", "patience 2 needs a validation split to watch"),
+    ("train --n-samples 0", "n_samples must be a positive integer, got 0"),
+    ("train --seed -1", "seed must be an integer >= 0, got -1"),
+    ("train --seed 1.5", "argument --seed: invalid int value: '1.5'"),
+    ("train --iwae-k 0", "iwae_k must be a positive integer, got 0"),
+    ("train --on-nonfinite ignore", "on_nonfinite must be one of 'stop', 'skip', got 'ignore'"),
+    ("train --backend tpu", "backend must be one of 'numpy', 'numba', 'cupy', 'numba-cuda', 'auto'"),
+    ("train --out {afile}", "afile.txt is a file; expected a folder"),
+    ("train --resume {afile}", "afile.txt is not a directory"),
+    ("train --resume {plain} --overwrite", "--overwrite cannot be given with it (only --backend"),
+    ("train --resume {plain} --out {tmp}/x --lr 1", "--lr, --out cannot be given with it"),
+    ("train --resume {plain} --backend tpu", "backend must be one of"),
 ]
 
 
@@ -172,7 +231,12 @@ def scene(tmp_path, runs) -> dict[str, str]:
     (tmp_path / "corrupt" / "checkpoint.safetensors").write_bytes(b"\xff" * 64)
     (tmp_path / "bad.toml").write_text("epochs = = 3\n")
     (tmp_path / "unknown.toml").write_text("epoch = 3\n")
+    np.savez(tmp_path / "arrays.npz", x=np.zeros((10, 4), dtype=np.float32))
+    _fake_mnist(tmp_path / "corrupt-idx" / "mnist")
+    (tmp_path / "corrupt-idx" / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(b"\x01\x02\x08\x03" + bytes(100)))  # IDX magic starts with two zero bytes
     return {"tmp": str(tmp_path), "afile": str(tmp_path / "afile.txt"),
+            "arrays": str(tmp_path / "arrays.npz"), "corrupt_idx": str(tmp_path / "corrupt-idx"),
             "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt"),
             "existing": str(tmp_path / "exists.png"), "png_dir": str(tmp_path / "dir.png"),
             "bad_toml": str(tmp_path / "bad.toml"), "unknown_toml": str(tmp_path / "unknown.toml"),
@@ -191,6 +255,80 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, scene, 
     assert expected in err
     assert "Traceback" not in err
     assert _snapshot(tmp_path, runs.root) == before
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    return dict(_all_parsers(cli.build_parser()))["minivae train"]
+
+
+def test_the_bad_input_table_covers_every_train_flag():
+    """Every train flag that takes a value has a missing-value row and at least one more."""
+    takes_value = [a.option_strings[0] for a in _train_parser()._actions
+                   if isinstance(a, argparse._StoreAction) and a.option_strings]
+    assert sorted(takes_value) == sorted(TRAIN_VALUE_FLAGS)
+    for flag in takes_value:
+        rows = [argv for argv, _ in BAD if argv.startswith("train ") and flag in argv.split()]
+        assert f"train {flag}" in rows and len(rows) >= 2, flag
+
+
+@pytest.fixture
+def no_cupy(monkeypatch):
+    """cupy unavailable, as on a machine without a GPU (whatever this machine has)."""
+    real_load = backends._load
+
+    def load(name):
+        if name == "cupy":
+            raise ImportError("no CUDA GPU: CuPy sees no device")
+        return real_load(name)
+
+    monkeypatch.setattr(backends, "_load", load)
+    monkeypatch.delitem(backends._loaded, "cupy", raising=False)
+
+
+def test_an_unavailable_backend_is_exit_2_one_line_and_no_run_directory(tmp_path, no_cupy,
+                                                                        capsys):
+    before = _snapshot(tmp_path)
+    assert cli.main(["train", *TINY, "--backend", "cupy", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("minivae: error: backend 'cupy' is not available: no CUDA GPU: CuPy sees no "
+                   "device\n")
+    assert not (tmp_path / "r").exists() and _snapshot(tmp_path) == before
+
+
+def test_a_nonfinite_stop_is_exit_1_naming_the_step_and_tensor(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert cli.main(["train", *TINY, "--lr", "1e12", "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("minivae: non-finite loss at epoch 1, step 2 (global step 2); the last good "
+                   "checkpoint is kept\n")
+    assert not (run / "checkpoint.safetensors").exists()  # none was good enough to write
+
+
+def test_ctrl_c_during_the_final_evaluation_is_exit_130_and_one_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    def interrupted_iwae(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # interrupted long before it ends
+        raise AssertionError("the SIGINT did not stop the evaluation")
+
+    monkeypatch.setattr(VAE, "iwae", interrupted_iwae)
+    run = tmp_path / "r"
+    assert cli.main(["train", *TINY, "--out", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.splitlines()[-1] == ("interrupted during the final evaluation: training is "
+                                    "complete and its checkpoint intact; `minivae train --resume "
+                                    f"{run}` evaluates it again")
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+
+
+def test_resume_takes_backend_and_no_progress(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs.plain, run)
+    assert cli.main(["train", "--resume", str(run), "--backend", "numpy", "--no-progress"]) == 0
+    assert f"{run} is already complete (2 epochs)" in capsys.readouterr().err
 
 
 def test_no_network_fetch_says_where_to_put_the_files_and_leaves_nothing(tmp_path, monkeypatch,
@@ -321,8 +459,8 @@ def test_info(tmp_path, capsys):
     assert cli.main(["info", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["numpy"] == np.__version__ and d["cpu_count"] >= 1
-    assert [b["name"] for b in d["backends"]] == ["numpy", "numba", "numba-cuda", "cupy"]
-    assert d["backends"][0]["importable"] is True
+    assert [b["name"] for b in d["backends"]] == list(BACKENDS)
+    assert d["backends"][0]["importable"] is d["backends"][0]["available"] is True
     assert d["data_dir"] == str(tmp_path / "data")
     assert {r["name"]: r["present"] for r in d["datasets"]} == {
         "digits": True, "mnist": False, "fashion-mnist": False, "kmnist": False}
@@ -342,9 +480,53 @@ def test_info_without_threadpoolctl_and_with_a_gpu_library_but_no_gpu(monkeypatc
     blas = commands.blas_info()
     assert blas == [] or blas[0]["source"] == "numpy build configuration"
     cupy = {b["name"]: b for b in commands.backends()}["cupy"]
-    assert cupy["importable"] is True and cupy["gpu"] is False
-    assert "no CUDA-capable device" in cupy["note"]
+    assert cupy["importable"] is True and cupy["gpu"] is False and cupy["available"] is False
+    assert cupy["version"] == "13.0" and "no CUDA-capable device" in cupy["note"]
     assert "no CUDA-capable device" in commands.info_text(commands.info())
+
+
+def _numba_cuda_version() -> str:
+    try:
+        return importlib.metadata.version("numba-cuda")
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.metadata.version("numba")
+
+
+def test_info_reports_the_backends_exactly_as_available_does(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    rows = {b["name"]: b for b in json.loads(capsys.readouterr().out)["backends"]}
+    verdict = backends.available()
+    assert list(rows) == list(verdict) == list(BACKENDS)
+    for name, why in verdict.items():
+        assert rows[name]["available"] is (why == "ok"), name
+        if why != "ok":
+            assert rows[name]["note"] == why, name
+    # numba-cuda runs on numba.cuda: the library reported is that, whatever provides it
+    try:
+        import numba.cuda  # noqa: F401
+    except Exception:
+        assert rows["numba-cuda"]["importable"] is False
+    else:
+        assert rows["numba-cuda"]["importable"] is True
+        assert rows["numba-cuda"]["version"] == _numba_cuda_version()
+
+
+@pytest.mark.timeout(120)
+def test_info_agrees_with_available_under_the_cuda_simulator():
+    """Under NUMBA_ENABLE_CUDASIM=1 the numba-cuda backend runs (in the simulator): info must
+    say so, with numba.cuda's version, and that it sees no GPU."""
+    pytest.importorskip("numba")
+    code = ("import json; from minivae import backends, commands; "
+            "print(json.dumps([backends.available(), commands.backends()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110,
+                         env=os.environ | {"NUMBA_ENABLE_CUDASIM": "1"})
+    assert out.returncode == 0, out.stderr
+    verdict, rows = json.loads(out.stdout)
+    assert verdict["numba-cuda"] == "ok"
+    assert {r["name"]: r["available"] for r in rows} == {k: v == "ok" for k, v in verdict.items()}
+    row = {r["name"]: r for r in rows}["numba-cuda"]
+    assert row["importable"] is True and row["gpu"] is False
+    assert row["version"] == _numba_cuda_version() and "simulator" in row["note"]
 
 
 def test_data_list_and_fetch(tmp_path, monkeypatch, capsys):
@@ -398,20 +580,55 @@ def _all_parsers(parser, name="minivae"):
                 yield from _all_parsers(sub, f"{name} {sub_name}")
 
 
-def test_every_flag_has_help_that_shows_its_default():
+# What a train default of None means, word for word as --help must say it.
+NONE_SHOWN = {
+    "data_dir": "$MINIVAE_DATA, else a per-user cache directory",
+    "key": "none: the array named x, else the only one besides the labels",
+    "clip": "off",
+    "patience": "off: train every epoch, keep the last weights",
+}
+
+
+def test_every_flag_has_help_that_shows_its_exact_default():
+    """Each flag's help ends in one "(default: ...)" naming the default that applies: argparse's,
+    or for train (whose flags default to None so that given ones can be told apart) TrainConfig's,
+    with None spelled out. "None" never shows."""
     without_default = {"--config", "--resume", "--json", "--overwrite", "--no-progress"}
+    config = TrainConfig()
+    none_fields = {f for f in cli.TRAIN_FLAGS if getattr(config, f) is None}
+    assert none_fields == set(NONE_SHOWN)
+    checked_train = set()
     for name, parser in _all_parsers(cli.build_parser()):
         assert parser.description, name
         for action in parser._actions:
             if not action.option_strings or action.option_strings[0] == "-h":
                 continue
             flag = action.option_strings[0]
-            assert action.help, f"{name} {flag}"
+            where = f"{name} {flag}: {action.help}"
+            assert action.help and "None" not in action.help, where
             if flag in without_default:
+                assert "(default: " not in action.help, where
                 continue
-            assert "(default: " in action.help, f"{name} {flag}: {action.help}"
-            if action.default is not None:
-                assert f"(default: {_shown(action.default)})" in action.help, f"{name} {flag}"
+            assert action.help.count("(default: ") == 1 and action.help.endswith(")"), where
+            if name == "minivae train" and hasattr(config, action.dest):
+                value = getattr(config, action.dest)
+                shown = NONE_SHOWN[action.dest] if value is None else _shown(value)
+                checked_train.add(action.dest)
+            elif action.default is not None:
+                shown = _shown(action.default)
+            else:  # a default that depends on other arguments, described in words
+                continue
+            assert action.help.endswith(f"(default: {shown})"), where
+    assert checked_train == {*cli.TRAIN_FLAGS, "conditional", "pictures"}
+
+
+def test_train_help_says_what_resume_allows_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "only --backend and --no-progress may be given with it" in text
+    assert "exit status: 0 done, 1 stopped on a NaN/inf loss or gradient" in text
+    assert "130 interrupted by Ctrl-C or SIGTERM" in text and "(default: None)" not in text
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "reconstruct", "evaluate", "gradcheck",
