@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from minivae import cli
 from minivae import train as train_mod
+from minivae.data import load_dataset
 from minivae.model import IWAE_CHUNK_ELEMENTS, VAE
 from minivae.train import CHECKPOINT, RunError, TrainConfig, read_checkpoint, train
 
@@ -312,6 +313,57 @@ def test_corrupted_checkpoints_raise_only_run_errors(tmp_path_factory, checkpoin
     except RunError:
         return
     assert all(np.isfinite(v).all() for v in model.params.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# determinism of the Numba CPU backend
+
+_NUMBA_RUN = r"""
+import sys
+from minivae.train import TrainConfig, train
+train(TrainConfig.from_dict(__import__("json").loads(sys.argv[1])), sys.argv[2], progress=False,
+      log=lambda s: None)
+"""
+
+
+def _run_record(run: Path) -> tuple[dict, dict, list[dict], dict]:
+    config, _, params, optim = read_checkpoint(run)
+    assert config.backend == "numba", config.backend
+    return params, optim, _strip_seconds(run), json.loads((run / "summary.json").read_text())
+
+
+def _assert_same_run(a: tuple, b: tuple, what: str) -> None:
+    for group, x, y in (("parameter", a[0], b[0]), ("optimiser state", a[1], b[1])):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), f"{what}: {group} {k}"
+    assert a[2] == b[2], f"{what}: the epoch records differ"
+    assert a[3] == b[3], f"{what}: the summaries differ"
+
+
+@pytest.mark.timeout(300)
+def test_numba_backend_is_bitwise_deterministic_across_processes_and_resume(tmp_path):
+    """backend="numba" (its parallel kernels included): the same seed gives bitwise the same
+    weights, optimiser state, epoch records and summary in another process, and after stops
+    mid-epoch and at an epoch boundary followed by --resume."""
+    pytest.importorskip("numba", reason="backend 'numba' needs numba (pip install minivae[numba])")
+    cfg = TrainConfig(**RUN_CONFIG | {"epochs": 3, "backend": "numba"})
+    train(cfg, tmp_path / "a", progress=False, log=_quiet)
+    proc = subprocess.run([sys.executable, "-c", _NUMBA_RUN, json.dumps(cfg.to_dict()),
+                           str(tmp_path / "b")], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n_train = len(train_mod.held_out(cfg, load_dataset("digits"), np.float32)[0])
+    batches = -(-n_train // cfg.batch_size)
+    first = train(cfg, tmp_path / "c", progress=False, log=_quiet, max_steps=7)
+    assert first.interrupted and read_checkpoint(tmp_path / "c")[1].step == 7  # mid-epoch 1
+    # the last step of epoch 2: a stop right at the epoch's end, before its record is written
+    train(None, tmp_path / "c", resume=True, progress=False, log=_quiet, max_steps=2 * batches - 7)
+    state = read_checkpoint(tmp_path / "c")[1]
+    assert (state.epoch, state.step) == (1, batches)
+    train(None, tmp_path / "c", resume=True, progress=False, log=_quiet)
+    a = _run_record(tmp_path / "a")
+    _assert_same_run(a, _run_record(tmp_path / "b"), "another process")
+    _assert_same_run(a, _run_record(tmp_path / "c"), "stopped twice and resumed")
 
 
 # ------------------------------------------------------------------------------------------------
