@@ -8,11 +8,17 @@ Both models see the same split and the same dynamically binarized epochs (miniva
 each draws its own batch order and noise from its own seeded generator. Both trained models are
 evaluated by the same code (the PyTorch weights are copied into a minivae VAE), so the numbers
 differ only by how training went.
+
+Without PyTorch the script says so before training anything and runs minivae alone; the table
+then shows minivae's numbers and "not installed" for PyTorch.
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +31,17 @@ PRESETS = {
 }
 
 
-def _torch_train(config: TrainConfig, train_x: np.ndarray, seed: int):
-    """The same VAE in PyTorch; returns its parameters in minivae's names and layout."""
-    import torch
+def import_torch() -> tuple[Any, str | None]:
+    """(the torch module, None), or (None, why it cannot be imported)."""
+    try:
+        import torch
+    except ImportError as e:
+        return None, str(e)
+    return torch, None
 
+
+def _torch_train(torch: Any, config: TrainConfig, train_x: np.ndarray, seed: int):
+    """The same VAE in PyTorch; returns its parameters in minivae's names and layout."""
     torch.manual_seed(seed)
     nn, F = torch.nn, torch.nn.functional
     sizes = (train_x.shape[1], *config.hidden)
@@ -79,13 +92,16 @@ def _evaluate(model, test_ds, test_x, config: TrainConfig) -> tuple[float, float
 
 def run(data: str = "digits", seeds=(0, 1, 2), data_dir=None, epochs: int | None = None,
         iwae_k: int = 1000, out_dir=None, log=print) -> dict:
+    """Train both per seed and summarise; without PyTorch (checked first), minivae alone and
+    ``summary["torch"]`` None."""
+    torch, why = import_torch()
+    if torch is None:
+        log(f"PyTorch is not installed ({why}): running minivae alone, no comparison "
+            "(pip install torch to compare)")
     preset = PRESETS["digits" if data == "digits" else "mnist"]
     if epochs is not None:
         preset = preset | {"epochs": epochs}
-    rows = {"minivae": [], "torch": []}
-    import tempfile
-    from pathlib import Path
-
+    rows: dict[str, list] = {"minivae": [], "torch": []}
     for seed in seeds:
         config = TrainConfig(data=data, data_dir=data_dir, seed=seed, iwae_k=iwae_k,
                              pictures=False, **preset)
@@ -95,23 +111,29 @@ def run(data: str = "digits", seeds=(0, 1, 2), data_dir=None, epochs: int | None
             res = train(config, Path(out_dir or tmp) / f"minivae-{data}-{seed}", overwrite=True,
                         progress=False, log=lambda s: None)
         rows["minivae"].append(_evaluate(res.model, test_ds, test_x, config))
-        theirs = build_model(config, ds.x.shape[1], ds.n_classes)
-        for k, v in _torch_train(config, train_ds.x.astype(np.float32), seed).items():
-            theirs.params[k][...] = v
-        rows["torch"].append(_evaluate(theirs, test_ds, test_x, config))
-        log(f"seed {seed}: minivae -ELBO {rows['minivae'][-1][0]:.3f} IWAE {rows['minivae'][-1][1]:.3f}"
-            f" | torch -ELBO {rows['torch'][-1][0]:.3f} IWAE {rows['torch'][-1][1]:.3f}")
-    summary = {"data": data, "seeds": list(seeds), "preset": {k: list(v) if isinstance(v, tuple)
-                                                              else v for k, v in preset.items()},
-               "iwae_k": iwae_k}
+        line = f"seed {seed}: minivae -ELBO {rows['minivae'][-1][0]:.3f} IWAE {rows['minivae'][-1][1]:.3f}"
+        if torch is not None:
+            theirs = build_model(config, ds.x.shape[1], ds.n_classes)
+            for k, v in _torch_train(torch, config, train_ds.x.astype(np.float32), seed).items():
+                theirs.params[k][...] = v
+            rows["torch"].append(_evaluate(theirs, test_ds, test_x, config))
+            line += f" | torch -ELBO {rows['torch'][-1][0]:.3f} IWAE {rows['torch'][-1][1]:.3f}"
+        log(line)
+    summary: dict[str, Any] = {"data": data, "seeds": list(seeds), "iwae_k": iwae_k,
+                               "preset": {k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in preset.items()},
+                               "torch": None, "elbo_gap": None, "nll_gap": None}
     for name, vals in rows.items():
+        if not vals:
+            continue
         elbo, nll = zip(*vals, strict=True)
         summary[name] = {"test_elbo_loss": elbo, "test_iwae_nll": nll,
                          "elbo_mean": statistics.mean(elbo), "elbo_sd": statistics.stdev(elbo)
                          if len(elbo) > 1 else 0.0, "nll_mean": statistics.mean(nll),
                          "nll_sd": statistics.stdev(nll) if len(nll) > 1 else 0.0}
-    summary["elbo_gap"] = summary["minivae"]["elbo_mean"] - summary["torch"]["elbo_mean"]
-    summary["nll_gap"] = summary["minivae"]["nll_mean"] - summary["torch"]["nll_mean"]
+    if summary["torch"] is not None:
+        summary["elbo_gap"] = summary["minivae"]["elbo_mean"] - summary["torch"]["elbo_mean"]
+        summary["nll_gap"] = summary["minivae"]["nll_mean"] - summary["torch"]["nll_mean"]
     return summary
 
 
@@ -120,7 +142,11 @@ def table(s: dict) -> str:
              "| trained by | test -ELBO (mean +- sd) | test IWAE NLL (mean +- sd) |", "|---|---:|---:|"]
     for name in ("minivae", "torch"):
         r = s[name]
+        if r is None:
+            lines.append(f"| {name} | not installed | not installed |")
+            continue
         lines.append(f"| {name} | {r['elbo_mean']:.3f} +- {r['elbo_sd']:.3f} | "
                      f"{r['nll_mean']:.3f} +- {r['nll_sd']:.3f} |")
-    lines.append(f"| **difference** | **{s['elbo_gap']:+.3f}** | **{s['nll_gap']:+.3f}** |")
+    if s["elbo_gap"] is not None:
+        lines.append(f"| **difference** | **{s['elbo_gap']:+.3f}** | **{s['nll_gap']:+.3f}** |")
     return "\n".join(lines)

@@ -47,3 +47,27 @@ def test_train_step_benchmark_reports_every_implementation(tmp_path):
     assert "minivae-numpy" in impls
     assert res["matmul_peak_gflops"] > 0
     assert all(r["median_ms"] > 0 for r in res["results"] if "median_ms" in r)
+
+
+def test_compare_without_torch_says_so_first_and_runs_minivae_alone(monkeypatch, capsys):
+    """torch hidden (None in sys.modules: its import fails): one line says so before any training,
+    minivae's numbers still come, and the table says PyTorch is not installed."""
+    from bench import compare_torch
+    from bench.__main__ import main
+    from minivae.data import load_dataset
+
+    # scikit-learn (digits) imports scipy, whose array-API probe trips over a None in sys.modules
+    # (a genuinely missing torch is fine): import it before hiding torch
+    load_dataset("digits")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    logged: list[str] = []
+    res = compare_torch.run("digits", seeds=(0,), epochs=1, iwae_k=2, log=logged.append)
+    assert logged[0].startswith("PyTorch is not installed (") and "minivae alone" in logged[0]
+    assert len(logged) == 2 and " | torch" not in logged[1]
+    assert res["torch"] is None and res["elbo_gap"] is None
+    assert res["minivae"]["elbo_mean"] > 0
+    assert "| torch | not installed | not installed |" in compare_torch.table(res)
+    assert main(["compare", "--epochs", "1", "--seeds", "0", "--iwae-k", "2", "--no-save"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0].startswith("PyTorch is not installed") and "Traceback" not in err
+    assert "| minivae |" in out and "not installed" in out
