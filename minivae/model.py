@@ -326,6 +326,11 @@ class VAE:
                 log_prior = gaussian_log_density(z.astype(np.float64))
                 log_w[s : s + m] = self.backend.to_host(logp.reshape(m, nb) + log_prior - log_q)
             top = log_w.max(axis=0)
+            if not np.isfinite(top).all():  # NaN, +inf, or every weight zero: no estimate to make
+                i = start + int(np.argmax(~np.isfinite(top)))
+                raise FloatingPointError(
+                    f"the IWAE estimate of example {i} is not finite (its largest log-weight is "
+                    f"{top[i - start]}): log p(x|z) overflowed in {self.dtype}")
             out_log_px[start : start + nb] = top + np.log(np.mean(np.exp(log_w - top), axis=0))
         return IWAEResult(out_log_px)
 

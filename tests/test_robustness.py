@@ -494,13 +494,12 @@ def test_loss_gradients_and_iwae_equal_closed_forms_at_extremes(likelihood, imag
                                rtol=rtol, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="minivae/model.py VAE.iwae (the log-mean-exp, `top = "
-                   "log_w.max(axis=0)` and the line after it) returns NaN when every log-weight is "
-                   "-inf, as when float32 log p(x|z) overflows; VAE.loss raises FloatingPointError "
-                   "for the same model")
 def test_iwae_beyond_float32_is_an_error_not_nan():
+    """Every log-weight -inf (float32 log p(x|z) overflowed): an error naming the example, as
+    VAE.loss raises for the same model, never a NaN estimate."""
     m = _constant_heads("gaussian_learned", "float32", -80.0, 1e4)
-    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(FloatingPointError):
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            FloatingPointError, match="IWAE estimate of example 0 is not finite"):
         m.iwae(EXTREME_IMAGES["ones"], k=4, rng=np.random.default_rng(2))
 
 
