@@ -201,6 +201,9 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
         with open(tmp, "xb") as f:
             fig.savefig(f, format="png", dpi=DPI)
         os.replace(tmp, path)
+    except OSError as e:  # name the picture, not the temporary file (a full disk names neither)
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -299,10 +299,22 @@ def _make_optimizer(config: TrainConfig, model: VAE):
 
 
 def _record(run_dir: Path, rec: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(rec) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one epoch's line to metrics.jsonl. If the write fails (a full disk), the file is cut
+    back to its earlier length, so no partial line stays, and the error names the file."""
+    path = run_dir / "metrics.jsonl"
+    data = memoryview((json.dumps(rec) + "\n").encode())
+    with open(path, "ab", buffering=0) as fh:  # unbuffered: nothing is left to flush on close
+        size = fh.tell()
+        try:
+            while data:  # a raw write may take only part of the bytes
+                data = data[fh.write(data):]
+            os.fsync(fh.fileno())
+        except OSError as e:
+            try:
+                fh.truncate(size)
+            except OSError:
+                pass  # the partial line is dropped when the run is read back (_read_metrics)
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:

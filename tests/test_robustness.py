@@ -209,27 +209,12 @@ def _snapshot(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
 
 
-_METRICS_APPEND_BUG = (
-    "minivae/train.py _record (~301-305) appends the epoch record in place with open(..., 'a'): "
-    "on ENOSPC the partial line stays in metrics.jsonl (a line that is not JSON, until a resume "
-    "truncates it) and the OSError carries no file name, so the CLI says only 'No space left on "
-    "device'. Fix: note the size before writing, truncate back to it on OSError, and re-raise as "
-    "OSError(e.errno, e.strerror, str(path)) as _atomic_write does")
-_PICTURE_NAME_BUG = (
-    "minivae/pictures.py _save (~190-207) re-raises the OSError from fig.savefig unchanged, and a "
-    "full disk's write error carries no file name, so the CLI says only 'No space left on device' "
-    "without naming the picture (the old picture itself stays intact). Fix: in _save, re-raise as "
-    "OSError(e.errno, e.strerror, str(path)) like train._atomic_write")
-
-
 @pytest.mark.parametrize("run_name, target, modes, budget", [
     ("cut", "config.json", "w", 10),  # rewritten at every start, resume included
     ("cut", "metrics.jsonl", "w", 10),  # rewritten on resume (lines past the checkpoint dropped)
-    pytest.param("cut", "metrics.jsonl", "a", 10, id="cut-metrics.jsonl-append",
-                 marks=pytest.mark.xfail(strict=True, reason=_METRICS_APPEND_BUG)),
+    pytest.param("cut", "metrics.jsonl", "a", 10, id="cut-metrics.jsonl-append"),  # cut back
     ("complete", "summary.json", "w", 10),  # rewritten when a complete run is resumed
-    pytest.param("complete", "samples.png", "x", 20, id="complete-samples.png",
-                 marks=pytest.mark.xfail(strict=True, reason=_PICTURE_NAME_BUG)),
+    pytest.param("complete", "samples.png", "x", 20, id="complete-samples.png"),
 ])
 def test_disk_full_while_writing_a_run_file_is_one_clear_line_and_corrupts_nothing(
         tmp_path, monkeypatch, capsys, disk_runs, run_name, target, modes, budget):
