@@ -75,12 +75,16 @@ def minivae_step(batch: int, seed: int = 0, backend: str = "numpy") -> Callable[
     return step
 
 
-def torch_step(batch: int, seed: int = 0, variant: str = "eager") -> Callable[[int], float] | None:
-    """PyTorch on the CPU: "eager", "fused-adam" (Adam's fused kernel) or "compile"
-    (torch.compile of the loss). None when torch is not installed."""
+def torch_step(batch: int, seed: int = 0, variant: str = "eager",
+               device: str = "cpu") -> Callable[[int], float] | None:
+    """PyTorch on ``device`` ("cpu", or "cuda" for the GPU peer): "eager", "fused-adam" (Adam's
+    fused kernel) or "compile" (torch.compile of the loss). None when torch is not installed or
+    cannot use the device."""
     try:
         import torch
     except ImportError:
+        return None
+    if device == "cuda" and not torch.cuda.is_available():
         return None
     torch.manual_seed(seed)
     nn, F = torch.nn, torch.nn.functional
@@ -101,8 +105,8 @@ def torch_step(batch: int, seed: int = 0, variant: str = "eager") -> Callable[[i
             return (recon + kl) / x.shape[0]
 
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy((rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32))
-    model = TorchVAE()
+    x = torch.from_numpy((rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32)).to(device)
+    model = TorchVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=variant == "fused-adam")
     forward = torch.compile(model) if variant == "compile" else model
     n_batches = N_TRAIN // batch
@@ -113,7 +117,7 @@ def torch_step(batch: int, seed: int = 0, variant: str = "eager") -> Callable[[i
         loss = forward(x[k * batch:(k + 1) * batch])
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # waits for the step on a GPU too
 
     return step
 
@@ -222,10 +226,11 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
     ok = [n for n, status in backends.available().items() if status == "ok"]
     for batch in batches:
         impls = {f"minivae-{name}": minivae_step(batch, backend=name) for name in ok}
-        for variant in torch_variants:
-            t = torch_step(batch, variant=variant)
-            if t is not None:
-                impls[f"torch-{variant}"] = t
+        for device in ("cpu", "cuda"):
+            for variant in torch_variants:
+                t = torch_step(batch, variant=variant, device=device)
+                if t is not None:
+                    impls[f"torch-{variant}" + ("-cuda" if device == "cuda" else "")] = t
         j = jax_step(batch) if with_jax else None
         if j is not None:
             impls["jax-jit"] = j
@@ -252,7 +257,7 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
                 "share_of_peak": flops / med / 1e9 / peak,
                 "page_faults_per_step": statistics.median(faults[name]),
             })
-        for peer in ("torch-eager", "jax-jit"):
+        for peer in ("torch-eager", "jax-jit", "torch-eager-cuda"):
             for name in impls:
                 if name.startswith("minivae-") and peer in impls:
                     out["results"].append({

@@ -175,11 +175,20 @@ def available() -> dict[str, str]:
 AUTO_ORDER = ("cupy", "numba-cuda", "numba", "numpy")  # fastest first, as measured in bench/
 
 
+GPU_BACKENDS = ("cupy", "numba-cuda")
+
+
 def auto_backend() -> Backend:
+    """The first of AUTO_ORDER that runs here. A GPU backend counts only on a real GPU: under
+    Numba's CUDA simulator (tests) numba-cuda is available but runs on the CPU, thousands of
+    times slower than any CPU backend."""
     for name in AUTO_ORDER:
         try:
-            return get_backend(name)
+            backend = get_backend(name)
         except BackendUnavailable:
             continue
+        if name in GPU_BACKENDS and not backend.on_gpu:
+            continue
+        return backend
     return NUMPY
 

@@ -203,6 +203,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
         os.replace(tmp, path)
     except OSError as e:  # name the picture, not the temporary file (a full disk names neither)
         tmp.unlink(missing_ok=True)
+        if e.errno is None:  # an OSError without errno (a library's own message): keep its text
+            raise OSError(f"{e} (writing {path})") from None
         raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -396,3 +396,13 @@ def test_training_follows_the_numpy_backends_loss_trajectory(monkeypatch):
         for fn in (linear.forward, linear.backward):
             monkeypatch.setitem(fn.__kwdefaults__, "tiles", linear.Tiles(bm=16, bn=16, bk=8, tm=4, tn=4))
     assert_follows_numpy("numba-cuda", "float32")
+
+
+def test_auto_never_picks_the_simulator():
+    """numba-cuda is available here in the simulator, yet "auto" must choose a CPU backend."""
+    from minivae.backends import auto_backend
+
+    if nbc.SIMULATED:
+        assert auto_backend().name in ("numba", "numpy")
+    else:
+        assert auto_backend().on_gpu
