@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
 from minivae.kernels.linear.cpu import softplus_sigmoid
 
 # Rows are shared between threads from this many elements on; below it one thread is faster than

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
 from minivae.layers import ACTIVATIONS
 
 # Activation codes: Numba kernels branch on an int, not a name.

@@ -15,6 +15,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
+
 # Entries at which the update is shared between threads; smaller arrays (biases, small layers) run
 # on one thread, where waking the pool would cost more than the pass (measured on 2 cores: 16k
 # float32 entries take ~8 us serial).
