@@ -39,19 +39,26 @@ class Case:
     work: float  # FLOPs (kind "flops") or bytes (kind "bytes")
     kind: str
     make: Callable[[Backend], Callable[[], tuple]]
+    traffic: float = 0.0  # for a GEMM: the bytes it must move at least (operands in, result out)
 
 
 def _rand(xp, shape, rng, scale=1.0, dtype=np.float32):
     return xp.asarray((rng.standard_normal(shape) * scale).astype(dtype))
 
 
+def _make_linear_forward(m: int, k: int, n: int):
+    def make(be):
+        rng = np.random.default_rng(0)
+        x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
+        return lambda: (be.linear_forward(x, W, b, "relu")[0],)
+
+    return make
+
+
 def linear_cases(sizes) -> list[Case]:
     out = []
     for m, k, n in sizes:
-        def make_fwd(be, m=m, k=k, n=n):
-            rng = np.random.default_rng(0)
-            x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
-            return lambda: (be.linear_forward(x, W, b, "relu")[0],)
+        make_fwd = _make_linear_forward(m, k, n)
 
         def make_bwd(be, m=m, k=k, n=n):
             rng = np.random.default_rng(0)
@@ -60,9 +67,24 @@ def linear_cases(sizes) -> list[Case]:
             dy = _rand(be.xp, (m, n), rng)
             return lambda: be.linear_backward(dy, cache, True)
 
-        out.append(Case("linear_forward (relu)", f"{m}x{k}->{n}", 2 * m * n * k, "flops", make_fwd))
-        out.append(Case("linear_backward (relu)", f"{m}x{k}->{n}", 4 * m * n * k, "flops", make_bwd))
+        # forward: x, W, b in, y out; backward: dy, x, W, y in, dx, dW, db out
+        out.append(Case("linear_forward (relu)", f"{m}x{k}->{n}", 2 * m * n * k, "flops", make_fwd,
+                        F32 * (m * k + n * k + n + m * n)))
+        out.append(Case("linear_backward (relu)", f"{m}x{k}->{n}", 4 * m * n * k, "flops", make_bwd,
+                        F32 * (2 * m * n + 2 * m * k + 2 * n * k + n)))
     return out
+
+
+def scaling_cases(quick: bool) -> list[Case]:
+    """How the fused linear forward's cost grows: with the batch at the VAE's 784 -> 400, and with
+    the width (square layers) at batch 128. Each row says whether the roofline puts it on the
+    compute or on the memory side, so the sweep shows where each backend turns compute-bound."""
+    batches = [1, 32, 128, 1024] if quick else [1, 8, 32, 128, 512, 2048, 8192]
+    widths = [64, 256, 1024] if quick else [16, 64, 256, 1024, 4096]
+    shapes = ([("linear_forward vs batch (784->400)", m, 784, 400) for m in batches]
+              + [("linear_forward vs width (batch 128)", 128, w, w) for w in widths])
+    return [Case(op, f"{m}x{k}->{n}", 2 * m * n * k, "flops", _make_linear_forward(m, k, n),
+                 F32 * (m * k + n * k + n + m * n)) for op, m, k, n in shapes]
 
 
 def latent_cases(sizes) -> list[Case]:
@@ -136,7 +158,8 @@ def all_cases(quick: bool) -> list[Case]:
         lat = [(128, 20), (1024, 20), (8192, 64), (65536, 64)]
         brn = [(128, 784), (1024, 784), (8192, 784), (8192, 4096)]
         adm = [313_600, 2_000_000, 16_000_000]
-    return linear_cases(lin) + latent_cases(lat) + bernoulli_cases(brn) + adam_cases(adm)
+    return (linear_cases(lin) + latent_cases(lat) + bernoulli_cases(brn) + adam_cases(adm)
+            + scaling_cases(quick))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,7 +318,13 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                     ceiling = copy_bw.setdefault(case.work, copy_bandwidth(int(case.work)))
                 row |= {"median_us": med * 1e6, "min_us": best * 1e6,
                         "rate": rate, "unit": "GFLOP/s" if case.kind == "flops" else "GB/s",
-                        "ceiling": ceiling, "share_of_ceiling": rate / ceiling}
+                        "ceiling": ceiling, "share_of_ceiling": rate / ceiling, "bound": "memory"}
+                if case.kind == "flops" and case.traffic:  # the roofline: the slower of the two limits
+                    bw = (gpu["copy_gbs"] if be.on_gpu else
+                          copy_bw.setdefault(case.traffic, copy_bandwidth(int(case.traffic))))
+                    compute_s, memory_s = case.work / (ceiling * 1e9), case.traffic / (bw * 1e9)
+                    row |= {"roofline_us": max(compute_s, memory_s) * 1e6,
+                            "bound": "compute" if compute_s >= memory_s else "memory"}
             rows.append(row)
         log(f"{case.op} {case.size}: " + ", ".join(
             f"{r['backend']} {r['median_us']:.0f} us" if r.get("median_us") else
@@ -312,18 +341,19 @@ def table(res: dict) -> str:
                 f"{'on' if res['gpu_ceilings']['tf32'] else 'off'}), device copy "
                 f"{res['gpu_ceilings']['copy_gbs']:.0f} GB/s; GPU rows timed with CUDA events, the L2 "
                 "flushed before each call of an elementwise op." if res.get("gpu_ceilings") else ""), "",
-             "| op | size | backend | median us | min us | rate | share of ceiling | vs numpy |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| op | size | backend | median us | min us | rate | share of ceiling | roofline bound "
+             "| vs numpy |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|"]
     ref = {(r["op"], r["size"]): r.get("median_us") for r in res["rows"] if r["backend"] == "numpy"}
     for r in res["rows"]:
         if r.get("median_us") is None:
-            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} | | | | |")
+            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} | | | | | |")
             continue
         base = ref.get((r["op"], r["size"]))
         speed = f"{base / r['median_us']:.2f}x" if base else ""
         lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_us']:.1f} | "
                      f"{r['min_us']:.1f} | {r['rate']:.1f} {r['unit']} | "
-                     f"{100 * r['share_of_ceiling']:.0f}% | {speed} |")
+                     f"{100 * r['share_of_ceiling']:.0f}% | {r.get('bound', '')} | {speed} |")
     return "\n".join(lines)
 
 
@@ -344,6 +374,10 @@ def plot(res: dict, path) -> None:
                 xs, ts, ss = zip(*pts, strict=True)
                 axes[0][j].plot(xs, ts, "o-", label=name)
                 axes[1][j].plot(xs, [100 * s for s in ss], "o-", label=name)
+        cpu_rows = [r for r in rows if not r["backend"].startswith(("cupy", "numba-cuda"))]
+        roof = {r["size"]: r["roofline_us"] for r in cpu_rows if "roofline_us" in r}
+        if roof:  # the CPU roofline: max(FLOPs / matmul peak, bytes / copy bandwidth)
+            axes[0][j].plot([sizes.index(s) for s in roof], list(roof.values()), "k--", label="CPU roofline")
         for ax in axes[:, j]:
             ax.set_xticks(range(len(sizes)), sizes, rotation=45, fontsize=7)
         axes[0][j].set_yscale("log")

@@ -61,3 +61,34 @@ def _has_numba() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_the_scaling_sweep_says_where_the_linear_op_turns_compute_bound(monkeypatch, tmp_path):
+    """With a 50 GFLOP/s peak and 10 GB/s: one example through 784 -> 400 moves 1.26 MB for
+    0.63 MFLOP (memory-bound); 128 x 256 -> 256 moves 0.53 MB for 16.8 MFLOP (compute-bound)."""
+    cases = [c for c in kernels.scaling_cases(quick=True) if c.size in ("1x784->400", "128x256->256")]
+    assert [c.op for c in cases] == ["linear_forward vs batch (784->400)",
+                                     "linear_forward vs width (batch 128)"]
+    monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
+    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
+    monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
+    res = kernels.run(quick=True, backend_names=["numpy"], rounds=1, log=lambda s: None)
+    memory, compute = res["rows"]
+    assert memory["bound"] == "memory" and memory["roofline_us"] == pytest.approx(
+        4 * (784 + 400 * 784 + 400 + 400) / 10e9 * 1e6)
+    assert compute["bound"] == "compute" and compute["roofline_us"] == pytest.approx(
+        2 * 128 * 256 * 256 / 50e9 * 1e6)
+    assert "| memory |" in kernels.table(res) and "| compute |" in kernels.table(res)
+    kernels.plot(res, tmp_path / "k.png")
+    assert (tmp_path / "k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_and_full_sweeps_cover_every_op_and_the_scaling():
+    for quick in (True, False):
+        ops = {c.op for c in kernels.all_cases(quick)}
+        assert ops == {"linear_forward (relu)", "linear_backward (relu)", "latent_forward", "latent_backward",
+                       "bernoulli", "adam", "linear_forward vs batch (784->400)",
+                       "linear_forward vs width (batch 128)"}
+    full = kernels.all_cases(False)
+    assert any(c.size == "8192x4096->4096" for c in full)  # sizes that fill a device
+    assert any(c.size == "8192x784->400" for c in full) and any(c.size == "128x4096->4096" for c in full)

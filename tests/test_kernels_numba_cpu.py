@@ -366,12 +366,12 @@ def test_training_follows_the_numpy_backends_loss_trajectory(dtype, n_classes):
 def test_parallel_kernels_run_on_the_sleeping_workqueue_layer(monkeypatch):
     """The OpenMP layer's spinning threads starve the BLAS GEMMs between fused passes
     (kernels/common/numba_threads.py): minivae's kernels start Numba's pool on workqueue."""
-    import os
-
     import numba
 
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        pytest.skip("NUMBA_THREADING_LAYER is set: the user's choice stands")
+    from minivae.kernels.common import numba_threads
+
+    if numba_threads.USER_CHOICE is not None:
+        pytest.skip(f"NUMBA_THREADING_LAYER={numba_threads.USER_CHOICE} was set: the user's choice stands")
     monkeypatch.setattr(optim_cpu, "PARALLEL_MIN_ELEMENTS", 0)
     p = np.zeros(64)
     optim_cpu.adam(p, np.ones(64), np.zeros(64), np.zeros(64), lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8,

@@ -9,7 +9,9 @@ workqueue layer, whose threads sleep between regions (bench/results/). So miniva
 workqueue layer, unless the user chose a layer with NUMBA_THREADING_LAYER.
 
 Numba reads ``numba.config.THREADING_LAYER`` when it starts its thread pool, at the first launch
-of a parallel kernel; every kernel module of this package imports this one first.
+of a parallel kernel; every kernel module of this package imports this one first. The choice also
+goes into the environment, because ``numba.config.reload_config()`` (which other code, e.g. a
+switch to the CUDA simulator, may call) rebuilds the config from it.
 """
 
 from __future__ import annotations
@@ -18,5 +20,7 @@ import os
 
 import numba
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
+USER_CHOICE = os.environ.get("NUMBA_THREADING_LAYER")  # None: minivae chooses
+if USER_CHOICE is None:
+    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
     numba.config.THREADING_LAYER = "workqueue"
