@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--quick", action="store_true", help="training sizes and a few larger ones")
     k.add_argument("--backends", default=None, help="comma-separated (default: all available)")
     k.add_argument("--no-save", action="store_true", help="print only, write no results")
+    k.add_argument("--name", default="kernels", help="file name of the results (default: kernels)")
     a = sub.add_parser("all", help="kernels, then train")
     a.add_argument("--quick", action="store_true", help="the quick variants (about 5 minutes)")
     a.add_argument("--no-save", action="store_true", help="print only, write no results")
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("kernels", "all"):
         names = args.backends.split(",") if getattr(args, "backends", None) else None
         res = kernels.run(args.quick, names, log=lambda s: print(s, file=sys.stderr))
-        _report(res, "kernels", kernels.table(res), f"python -m bench kernels{quick}", args.no_save,
+        name = getattr(args, "name", "kernels")
+        extra = (f" --backends {args.backends}" if getattr(args, "backends", None) else "") + (
+            f" --name {name}" if name != "kernels" else "")
+        _report(res, name, kernels.table(res), f"python -m bench kernels{quick}{extra}", args.no_save,
                 plot=kernels.plot)
     if args.command in ("train", "all"):
         batches = tuple(int(b) for b in getattr(args, "batches", "128,1024").split(","))

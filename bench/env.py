@@ -72,6 +72,12 @@ def environment() -> dict:
 
 
 def results_dir(device: str) -> Path:
+    """bench/results/<device>-<date>/, or $MINIVAE_BENCH_OUT when set (bench/gpu_check.sh sets it,
+    so that the benchmarks write where the script reports)."""
+    if os.environ.get("MINIVAE_BENCH_OUT"):
+        out = Path(os.environ["MINIVAE_BENCH_OUT"])
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     day = _dt.date.today().isoformat()
     safe = "".join(c if c.isalnum() else "-" for c in device).strip("-").lower()[:40]
     out = Path(__file__).parent / "results" / f"{safe}-{day}"

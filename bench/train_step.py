@@ -171,12 +171,64 @@ def jax_step(batch: int, seed: int = 0) -> Callable[[int], float] | None:
     return step
 
 
-def _round(step: Callable[[int], float], steps: int, start: int) -> tuple[float, int]:
-    """Seconds per step over ``steps`` steps, and the minor page faults per step."""
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _gpu_matmul_peak() -> float | None:
+    """float32 GFLOP/s of cuBLAS SGEMM (TF32 off): through CuPy when it sees a GPU, else torch."""
+    try:
+        from bench.kernels import gpu_ceilings
+
+        return gpu_ceilings()["matmul_gflops"]
+    except Exception:  # no CuPy or no device: try torch's cuBLAS
+        pass
+    if not _torch_cuda():
+        return None
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.rand(8192, 8192, device="cuda")
+    torch.mm(a, a)
+    best = float("inf")
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.mm(a, a)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / best / 1e9
+
+
+def _device_sync() -> None:
+    """Wait for every queued GPU kernel (CuPy's and torch's), so a round's time includes them."""
+    try:
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+    except Exception:  # no CuPy or no device
+        pass
+    if _torch_cuda():
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _round(step: Callable[[int], float], steps: int, start: int,
+           sync: Callable[[], None] | None = None) -> tuple[float, int]:
+    """Seconds per step over ``steps`` steps (``sync`` waits for a device before the clock stops),
+    and the minor page faults per step."""
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = time.perf_counter()
     for i in range(start, start + steps):
         step(i)
+    if sync is not None:
+        sync()
     dt = (time.perf_counter() - t) / steps
     return dt, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
 
@@ -222,15 +274,20 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
     """Interleaved rounds of every implementation at each batch size, all on the same threads."""
     threads = same_threads()
     peak = matmul_peak()
-    out: dict = {"matmul_peak_gflops": peak, **threads, "results": []}
     ok = [n for n, status in backends.available().items() if status == "ok"]
+    on_gpu = {f"minivae-{n}" for n in ok if backends.get_backend(n).on_gpu}
+    gpu_peak = _gpu_matmul_peak() if on_gpu or _torch_cuda() else None
+    out: dict = {"matmul_peak_gflops": peak, "gpu_matmul_peak_gflops": gpu_peak, **threads, "results": []}
     for batch in batches:
         impls = {f"minivae-{name}": minivae_step(batch, backend=name) for name in ok}
         for device in ("cpu", "cuda"):
             for variant in torch_variants:
                 t = torch_step(batch, variant=variant, device=device)
                 if t is not None:
-                    impls[f"torch-{variant}" + ("-cuda" if device == "cuda" else "")] = t
+                    name = f"torch-{variant}" + ("-cuda" if device == "cuda" else "")
+                    impls[name] = t
+                    if device == "cuda":
+                        on_gpu.add(name)
         j = jax_step(batch) if with_jax else None
         if j is not None:
             impls["jax-jit"] = j
@@ -245,21 +302,24 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
         faults: dict[str, list[float]] = {k: [] for k in impls}
         for r in range(rounds):
             for name, fn in impls.items():
-                dt, pf = _round(fn, steps, warmup + r * steps)
+                dt, pf = _round(fn, steps, warmup + r * steps, _device_sync if name in on_gpu else None)
                 times[name].append(dt)
                 faults[name].append(pf)
         flops = step_flops(batch)
         for name in impls:
             med, best = statistics.median(times[name]), min(times[name])
+            roof = gpu_peak if name in on_gpu else peak  # a device's step against its own peak
             out["results"].append({
-                "batch": batch, "impl": name, "median_ms": med * 1e3, "min_ms": best * 1e3,
+                "batch": batch, "impl": name, "device": "gpu" if name in on_gpu else "cpu",
+                "median_ms": med * 1e3, "min_ms": best * 1e3,
                 "examples_per_s": batch / med, "gflops": flops / med / 1e9,
-                "share_of_peak": flops / med / 1e9 / peak,
+                "share_of_peak": flops / med / 1e9 / roof,
                 "page_faults_per_step": statistics.median(faults[name]),
             })
         for peer in ("torch-eager", "jax-jit", "torch-eager-cuda"):
             for name in impls:
-                if name.startswith("minivae-") and peer in impls:
+                same_device = (name in on_gpu) == (peer in on_gpu)
+                if name.startswith("minivae-") and peer in impls and same_device:
                     out["results"].append({
                         "batch": batch, "impl": f"ratio {name} / {peer} (median throughput)",
                         "ratio": statistics.median(times[peer]) / statistics.median(times[name]),
@@ -268,7 +328,9 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
 
 
 def table(res: dict) -> str:
-    lines = [f"float32 matmul peak (2048^3, same run): {res['matmul_peak_gflops']:.1f} GFLOP/s; "
+    gpu = res.get("gpu_matmul_peak_gflops")
+    lines = [f"float32 matmul peak (2048^3, same run): {res['matmul_peak_gflops']:.1f} GFLOP/s"
+             + (f" (CPU), {gpu:.0f} GFLOP/s (GPU, cuBLAS SGEMM, GPU rows' share)" if gpu else "") + "; "
              f"threads: BLAS {res.get('blas_threads')}, torch {res['torch_threads']}, "
              f"numba {res.get('numba_threads')}", "",
              "| batch | implementation | median ms/step | min ms/step | examples/s | GFLOP/s "

@@ -73,7 +73,7 @@ def check_array(name: str, a: Any, shape: Sequence[int | None], dtype: Any = Non
         raise ValueError(f"{what}, got dtype {a.dtype} and shape {a.shape}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{what}, got strides {a.strides}")
-    if writeable and not a.flags.writeable:
+    if writeable and not getattr(a.flags, "writeable", True):  # CuPy arrays have no such flag
         raise ValueError(f"{name} must be writeable (it is updated in place), got a read-only array")
     return a
 

@@ -29,6 +29,7 @@ array module; N examples, d latent dimensions, L samples):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,11 +87,18 @@ def draw_eps(key: tuple[int, int], shape: tuple[int, ...], dtype) -> np.ndarray:
     return philox.normal_eps_like(seed, offset, shape, dtype)
 
 
+def array_module(a) -> Any:
+    """numpy, or cupy for a CuPy array: the reference ops below run on either (CuPy implements
+    NumPy's ufunc and function protocols; only fresh arrays must be made with the right module)."""
+    cupy = sys.modules.get("cupy")
+    return cupy.get_array_module(a) if cupy is not None else np
+
+
 def _np_latent_forward(h, n_samples, eps=None, key=None):
     d = h.shape[1] // 2
     mu, logvar = h[:, :d], h[:, d:]
     if eps is None:
-        eps = draw_eps(key, (n_samples, h.shape[0], d), h.dtype)
+        eps = array_module(h).asarray(draw_eps(key, (n_samples, h.shape[0], d), h.dtype))
     z, z_cache = reparameterize_forward(mu, logvar, eps)
     return z, kl_forward(mu, logvar), (mu, logvar, z_cache)
 
@@ -98,9 +106,10 @@ def _np_latent_forward(h, n_samples, eps=None, key=None):
 def _np_latent_backward(dz, kl_weight, cache):
     mu, logvar, z_cache = cache
     dmu, dlogvar = reparameterize_backward(dz, z_cache)
-    w = np.full(mu.shape[0], kl_weight, dtype=mu.dtype)
+    xp = array_module(mu)
+    w = xp.full(mu.shape[0], kl_weight, dtype=mu.dtype)
     dmu_kl, dlogvar_kl = kl_backward(w, mu, logvar)
-    return np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
+    return xp.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
 
 
 _BERNOULLI = Bernoulli(1)
@@ -108,7 +117,7 @@ _BERNOULLI = Bernoulli(1)
 
 def _np_bernoulli(x, logits, dlogp):
     logp, cache = _BERNOULLI.forward(x, logits)
-    dlogits, _ = _BERNOULLI.backward(np.full(x.shape[0], dlogp, dtype=logits.dtype), cache)
+    dlogits, _ = _BERNOULLI.backward(array_module(logits).full(x.shape[0], dlogp, dtype=logits.dtype), cache)
     return logp, dlogits
 
 

@@ -94,7 +94,7 @@ def _check_params(params: object, xp: Any = np) -> dict[str, np.ndarray]:
     return out
 
 
-def _scratch_views(params: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+def _scratch_views(params: dict[str, np.ndarray], count: int, xp: Any = np) -> list[dict[str, np.ndarray]]:
     """``count`` scratch arrays per parameter, as views into flat buffers shared by all parameters
     of one dtype (parameters are updated one after another, so one buffer of the largest size is
     enough). Views follow the parameter's memory order so ufuncs stream through both alike."""
@@ -103,7 +103,7 @@ def _scratch_views(params: dict[str, np.ndarray], count: int) -> list[dict[str, 
         largest[p.dtype] = max(largest.get(p.dtype, 0), p.size)
     views: list[dict[str, np.ndarray]] = []
     for _ in range(count):
-        flats = {dt: np.empty(n, dtype=dt) for dt, n in largest.items()}
+        flats = {dt: xp.empty(n, dtype=dt) for dt, n in largest.items()}
         views.append({
             key: flats[p.dtype][: p.size].reshape(
                 p.shape, order="F" if p.flags.f_contiguous and not p.flags.c_contiguous else "C"
@@ -135,7 +135,8 @@ class Optimizer:
             sname: {key: xp.zeros_like(p) for key, p in self._params.items()}
             for sname in self._state_names
         }
-        self._tmp_a, self._tmp_b = _scratch_views(self._params, 2) if xp is np else ({}, {})
+        # scratch for the NumPy update (on a GPU backend without a fused kernel: CuPy's ufuncs)
+        self._tmp_a, self._tmp_b = _scratch_views(self._params, 2, xp)
 
     # -- hyperparameters -------------------------------------------------------------------
     @property

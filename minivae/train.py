@@ -563,7 +563,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
             leftover.unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng([config.seed, TRAIN_SALT])  # its state is the run's, set per epoch below
     n = len(train_ds.x)
     n_batches = math.ceil(n / config.batch_size)
     steps_this_call = 0

@@ -92,3 +92,21 @@ def test_quick_and_full_sweeps_cover_every_op_and_the_scaling():
     full = kernels.all_cases(False)
     assert any(c.size == "8192x4096->4096" for c in full)  # sizes that fill a device
     assert any(c.size == "8192x784->400" for c in full) and any(c.size == "128x4096->4096" for c in full)
+
+
+def test_the_command_writes_its_results_where_it_is_told(small_cases, tmp_path, monkeypatch, capsys):
+    """``python -m bench kernels --name N`` with $MINIVAE_BENCH_OUT (what gpu_check.sh sets): the
+    table printed last, and N.json (every number, the environment, the command), N.md, N.png."""
+    import json
+
+    from bench.__main__ import main
+
+    monkeypatch.setenv("MINIVAE_BENCH_OUT", str(tmp_path / "out"))
+    assert main(["kernels", "--quick", "--backends", "numpy", "--name", "k2"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "out" / "k2.json").read_text())
+    assert out.rstrip().endswith(kernels.table(res).rstrip())
+    assert res["command"] == "python -m bench kernels --quick --backends numpy --name k2"
+    assert res["environment"]["numpy"] == np.__version__ and len(res["rows"]) == len(small_cases)
+    assert (tmp_path / "out" / "k2.md").read_text().count("| numpy |") == len(small_cases)
+    assert (tmp_path / "out" / "k2.png").read_bytes()[:4] == b"\x89PNG"
