@@ -260,10 +260,14 @@ def same_threads() -> dict:
     except ImportError:
         pass
     try:
+        # first: starting Numba's pool (set_num_threads does) fixes its threading layer for good
         import numba
+
+        from minivae.kernels.common import numba_threads  # noqa: F401
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         out["numba_threads"] = numba.get_num_threads()
+        out["numba_threading_layer"] = numba.threading_layer()
     except ImportError:
         pass
     return out
@@ -332,7 +336,7 @@ def table(res: dict) -> str:
     lines = [f"float32 matmul peak (2048^3, same run): {res['matmul_peak_gflops']:.1f} GFLOP/s"
              + (f" (CPU), {gpu:.0f} GFLOP/s (GPU, cuBLAS SGEMM, GPU rows' share)" if gpu else "") + "; "
              f"threads: BLAS {res.get('blas_threads')}, torch {res['torch_threads']}, "
-             f"numba {res.get('numba_threads')}", "",
+             f"numba {res.get('numba_threads')} ({res.get('numba_threading_layer')} layer)", "",
              "| batch | implementation | median ms/step | min ms/step | examples/s | GFLOP/s "
              "| share of peak | page faults/step |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]

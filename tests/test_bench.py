@@ -1,6 +1,8 @@
 """bench/ runs end to end on tiny inputs (its numbers are measured, never asserted here)."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +41,26 @@ def test_compare_runs_on_mnist_family_idx_files(tmp_path):
 def test_train_step_benchmark_reports_every_implementation(tmp_path):
     code = ("import json, bench.train_step as t; "
             "print(json.dumps(t.run((16,), rounds=1, steps=2, warmup=1)))")
+    # without the layer that minivae's kernels put into this process's environment: the child
+    # must choose it itself
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=280)
+                         timeout=280, env=env)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     impls = {r["impl"] for r in res["results"]}
     assert "minivae-numpy" in impls
     assert res["matmul_peak_gflops"] > 0
     assert all(r["median_ms"] > 0 for r in res["results"] if "median_ms" in r)
+    assert res["blas_threads"] >= 1
+    for peer, module in (("torch-eager", "torch"), ("jax-jit", "jax")):  # the peers, where installed
+        assert (peer in impls) == (importlib.util.find_spec(module) is not None), peer
+    if importlib.util.find_spec("numba") is not None:
+        assert "minivae-numba" in impls
+        # the benchmark starts Numba's pool itself: it must start it on minivae's layer
+        assert res["numba_threading_layer"] == "workqueue"
+        if importlib.util.find_spec("torch") is not None:
+            assert res["torch_threads"] == res["blas_threads"] == res["numba_threads"]
 
 
 def test_compare_without_torch_says_so_first_and_runs_minivae_alone(monkeypatch, capsys):
