@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
 from minivae import _checks, philox
 from minivae.backends import BACKENDS, BackendUnavailable, get_backend
@@ -200,7 +201,14 @@ def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
     tensors |= {f"best/{k}": v for k, v in (best or {}).items()}
     meta = {"format": "minivae-checkpoint", "version": str(FORMAT_VERSION),
             "config": json.dumps(config.to_dict()), "state": json.dumps(dataclasses.asdict(state))}
-    _atomic_write(run_dir / CHECKPOINT, lambda p: save_file(tensors, str(p), metadata=meta))
+    # Serialised in memory and written by Python: safetensors' own file writer reports a full disk
+    # as a SafetensorError, not as the OSError (ENOSPC, naming the file) every other write gives.
+    blob = safetensors_bytes(tensors, metadata=meta)
+    _atomic_write(run_dir / CHECKPOINT, lambda p: _write_bytes(p, blob))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
 
 
 def read_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict, dict]:

@@ -106,11 +106,12 @@ def test_sigkill_during_training_never_loses_the_run(tmp_path):
 
 
 def _fail_while_writing(err: int):
-    def save_file(tensors, path, metadata=None):
-        Path(path).write_bytes(b"partial")
+    """A checkpoint write that stores part of the file, then fails with ``err``."""
+    def write_bytes(path, data):
+        Path(path).write_bytes(data[:7])
         raise OSError(err, os.strerror(err), str(path))
 
-    return save_file
+    return write_bytes
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
@@ -119,7 +120,7 @@ def test_disk_trouble_while_checkpointing_keeps_the_good_checkpoint(tmp_path, mo
     cfg = TrainConfig(**RUN_CONFIG | {"epochs": 2})
     train(cfg, run, progress=False, log=_quiet, max_steps=3)  # a good mid-epoch checkpoint
     good = (run / CHECKPOINT).read_bytes()
-    monkeypatch.setattr(train_mod, "save_file", _fail_while_writing(err))
+    monkeypatch.setattr(train_mod, "_write_bytes", _fail_while_writing(err))
     with pytest.raises(OSError) as info:
         train(None, run, resume=True, progress=False, log=_quiet)
     assert info.value.errno == err
@@ -132,7 +133,7 @@ def test_disk_trouble_while_checkpointing_keeps_the_good_checkpoint(tmp_path, mo
 
 
 def test_disk_full_in_the_cli_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_mod, "save_file", _fail_while_writing(errno.ENOSPC))
+    monkeypatch.setattr(train_mod, "_write_bytes", _fail_while_writing(errno.ENOSPC))
     code = cli.main(["train", *RUN_FLAGS[:-1], "--epochs", "1", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("minivae: error:")]
@@ -243,8 +244,9 @@ def test_disk_full_while_writing_a_run_file_is_one_clear_line_and_corrupts_nothi
     assert all(np.array_equal(params[k], v) for k, v in reference.items())
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; the "
-                    "EROFS/EACCES paths are covered by the monkeypatched tests above")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories: "
+                    "tests/test_disk.py mounts a real read-only tmpfs instead, and the EROFS/EACCES "
+                    "paths are covered by the monkeypatched tests above")
 def test_read_only_output_directory_is_a_clear_error(tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
