@@ -271,20 +271,6 @@ def test_the_bad_input_table_covers_every_train_flag():
         assert f"train {flag}" in rows and len(rows) >= 2, flag
 
 
-@pytest.fixture
-def no_cupy(monkeypatch):
-    """cupy unavailable, as on a machine without a GPU (whatever this machine has)."""
-    real_load = backends._load
-
-    def load(name):
-        if name == "cupy":
-            raise ImportError("no CUDA GPU: CuPy sees no device")
-        return real_load(name)
-
-    monkeypatch.setattr(backends, "_load", load)
-    monkeypatch.delitem(backends._loaded, "cupy", raising=False)
-
-
 def test_an_unavailable_backend_is_exit_2_one_line_and_no_run_directory(tmp_path, no_cupy,
                                                                         capsys):
     before = _snapshot(tmp_path)

@@ -322,20 +322,6 @@ def test_config_json_records_the_backend_auto_chose_and_the_data_directory_read(
     assert json.loads((tmp_path / "d" / "config.json").read_text())["data_dir"] is None
 
 
-@pytest.fixture
-def no_cupy(monkeypatch):
-    """cupy unavailable, as on a machine without a GPU (whatever this machine has)."""
-    real_load = backends._load
-
-    def load(name):
-        if name == "cupy":
-            raise ImportError("no CUDA GPU: CuPy sees no device")
-        return real_load(name)
-
-    monkeypatch.setattr(backends, "_load", load)
-    monkeypatch.delitem(backends._loaded, "cupy", raising=False)
-
-
 def test_resume_on_a_machine_without_the_recorded_backend(tmp_path, no_cupy):
     """Refused with a message that names the backend and the way out; --backend moves the run,
     which then ends as an uninterrupted run on that backend would."""
