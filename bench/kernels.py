@@ -16,6 +16,7 @@ reference functions run on CuPy arrays (cuBLAS, then separate elementwise kernel
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -298,21 +299,27 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
         times: dict[str, list[float]] = {k: [] for k in fns if status[k] is None}
         reps = 3
         on_gpu = {be.name: be.on_gpu for be in bes}
+        faults: dict[str, list[float]] = {}  # minor page faults per call: allocation churn shows here
         for _ in range(rounds):  # interleaved: every backend once per round
             for name in times:
                 if on_gpu[name]:  # CUDA events; the L2 flushed first where the working set fits in it
                     cold = flush if case.kind == "bytes" else None  # a set just past the L2 still hits
                     times[name].append(statistics.median(_gpu_time(fns[name], cold) for _ in range(reps)))
                     continue
+                flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t = time.perf_counter()
                 for _ in range(reps):
                     fns[name]()
                 times[name].append((time.perf_counter() - t) / reps)
+                faults.setdefault(name, []).append(
+                    (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt) / reps)
         for be in bes:
             name = be.name
             if status.get(name) is None and name in times:
-                # validated again after timing (a fresh instance: Adam's state moved on)
-                status[name] = _close(case.make(be)(), ref, be, case.kind)
+                # validated again after timing: the timed instance's own output; Adam's state
+                # moved on with every timed step, so a fresh instance of it
+                status[name] = _close((case.make(be) if case.op == "adam" else fns[name])(), ref, be,
+                                      case.kind)
             row = {"op": case.op, "size": case.size, "backend": name, "status": status.get(name)}
             if row["status"] is None and times.get(name):
                 med, best = statistics.median(times[name]), min(times[name])
@@ -323,6 +330,8 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                     ceiling = ceilings["matmul_gflops"]
                 else:  # a copy of the same working set: cache-resident sizes get a cache ceiling
                     ceiling = _copy_ceiling(copy_bw, case.work)
+                if name in faults:
+                    row["page_faults_per_call"] = statistics.median(faults[name])
                 row |= {"median_us": med * 1e6, "min_us": best * 1e6,
                         "rate": rate, "unit": "GFLOP/s" if case.kind == "flops" else "GB/s",
                         "ceiling": ceiling, "share_of_ceiling": rate / ceiling, "bound": "memory"}
@@ -348,18 +357,23 @@ def table(res: dict) -> str:
                 f"{res['gpu_ceilings']['copy_gbs']:.0f} GB/s; GPU rows timed with CUDA events, the L2 "
                 "flushed before each call of an elementwise op." if res.get("gpu_ceilings") else ""), "",
              "| op | size | backend | median us | min us | rate | share of ceiling | roofline bound "
-             "| vs numpy |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|"]
-    ref = {(r["op"], r["size"]): r.get("median_us") for r in res["rows"] if r["backend"] == "numpy"}
+             "| page faults/call | vs vendor |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
+    # the vendor-library way on the same device: numpy (BLAS + NumPy passes), cupy-vendor on a GPU
+    vendor = {(r["op"], r["size"], r["backend"] == "cupy-vendor"): r.get("median_us") for r in res["rows"]
+              if r["backend"] in ("numpy", "cupy-vendor")}
     for r in res["rows"]:
         if r.get("median_us") is None:
-            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} | | | | | |")
+            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} | | | | | | |")
             continue
-        base = ref.get((r["op"], r["size"]))
+        gpu_row = r["backend"] in ("cupy", "numba-cuda", "cupy-vendor")
+        base = vendor.get((r["op"], r["size"], gpu_row))
         speed = f"{base / r['median_us']:.2f}x" if base else ""
+        pf = r.get("page_faults_per_call")
         lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_us']:.1f} | "
                      f"{r['min_us']:.1f} | {r['rate']:.1f} {r['unit']} | "
-                     f"{100 * r['share_of_ceiling']:.0f}% | {r.get('bound', '')} | {speed} |")
+                     f"{100 * r['share_of_ceiling']:.0f}% | {r.get('bound', '')} | "
+                     f"{'' if pf is None else f'{pf:.0f}'} | {speed} |")
     return "\n".join(lines)
 
 

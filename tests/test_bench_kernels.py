@@ -29,6 +29,7 @@ def test_every_op_is_validated_and_timed_against_its_ceiling(small_cases):
     for r in res["rows"]:
         assert r["status"] is None, r
         assert r["median_us"] > 0 and r["min_us"] <= r["median_us"]
+        assert r["page_faults_per_call"] >= 0
         ceiling = 50.0 if r["unit"] == "GFLOP/s" else 10.0
         assert r["ceiling"] == ceiling and r["share_of_ceiling"] == pytest.approx(r["rate"] / ceiling)
     text = kernels.table(res)
@@ -53,6 +54,29 @@ def test_a_backend_with_wrong_results_is_reported_failed_not_timed(small_cases):
     assert rows[("bernoulli", "numpy")]["status"] is None
     assert all(r["status"] is None for (op, _), r in rows.items() if op != "bernoulli")
     assert "failed: output 0 is off by" in kernels.table(res)
+
+
+def test_a_kernel_that_goes_wrong_while_timed_is_reported_failed(small_cases):
+    """A kernel that scribbles on its input (here: shifts the logits after using them) is right on
+    its first call, the warm-up's validation, and wrong on every later one: the validation after
+    timing, of the very instance that was timed, catches it (a fresh instance would not)."""
+    calls = []
+
+    def drifting_bernoulli(x, logits, dlogp):
+        calls.append(1)
+        out = NUMPY.bernoulli(x, logits, dlogp)
+        logits += 1.0
+        return out
+
+    drifting = Backend("drifting", np, NUMPY.linear_forward, NUMPY.linear_backward, NUMPY.latent_forward,
+                       NUMPY.latent_backward, drifting_bernoulli)
+    real = kernels.backends_mod.get_backend
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels.backends_mod, "get_backend", lambda n: drifting if n == "drifting" else real(n))
+        res = kernels.run(quick=True, backend_names=["drifting"], rounds=1, log=lambda s: None)
+    row = next(r for r in res["rows"] if r["op"] == "bernoulli")
+    assert len(calls) >= 3 and "off by" in row["status"] and "median_us" not in row
+    assert all(r["status"] is None for r in res["rows"] if r["op"] != "bernoulli")
 
 
 def _has_numba() -> bool:
