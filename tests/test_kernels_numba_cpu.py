@@ -18,7 +18,8 @@ tolerances derived from the unit roundoff u of the kernel's dtype, never tuned:
 * Adam: bitwise equal to ``minivae.optim.Adam`` (the kernel runs PyTorch's single-tensor rule in
   the same order without fused multiply-adds, kernels/optim/cpu.py).
 
-Every comparison fails on a NaN or inf: an element a kernel never wrote cannot pass.
+Every comparison fails on a NaN or inf, and the kernels are also run on outputs preset to NaN
+(``test_every_kernel_writes_every_output_element``): an element a kernel never wrote cannot pass.
 """
 
 from __future__ import annotations
@@ -377,3 +378,45 @@ def test_parallel_kernels_run_on_the_sleeping_workqueue_layer(monkeypatch):
     optim_cpu.adam(p, np.ones(64), np.zeros(64), np.zeros(64), lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8,
                    weight_decay=0.0, decoupled=False, step=1)
     assert numba.threading_layer() == "workqueue"
+
+
+def test_linear_backward_refuses_a_dy_of_another_shape():
+    x, W, b, dy = layer(0, 4, 3, 5, np.float32)
+    _, cache = linear_cpu.linear_forward(x, W, b, "relu")
+    with pytest.raises(ValueError, match=r"dy must have the forward output's shape \(4, 5\)"):
+        linear_cpu.linear_backward(np.zeros((5, 5), np.float32), cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("serial", [True, False])
+def test_every_kernel_writes_every_output_element(dtype, serial):
+    """The launchers allocate with np.empty; here the kernels themselves get outputs preset to NaN
+    (odd sizes, both paths): an element a kernel skipped stays NaN and fails."""
+    rng = np.random.default_rng(5)
+    n, m, d = 17, 129, 5
+    pick = (lambda a, b: a) if serial else (lambda a, b: b)
+    y = rng.standard_normal((n, m)).astype(dtype)
+    b = rng.standard_normal(m).astype(dtype)
+    for act in ACTS:
+        code = linear_cpu.ACT_CODES[act]
+        yy, out = y.copy(), np.full_like(y, np.nan)
+        pick(linear_cpu._forward_serial, linear_cpu._forward_parallel)(yy, b, code, out)
+        written = out if act == "softplus" else yy  # softplus writes out; the others work in place
+        assert np.isfinite(written).all(), act
+        if act is not None:
+            g, db = np.full_like(y, np.nan), np.full(m, np.nan, dtype)
+            pick(linear_cpu._backward_serial, linear_cpu._backward_parallel)(y, written, code, g, db)
+            assert np.isfinite(g).all() and np.isfinite(db).all(), act
+    x = (rng.random((n, m)) < 0.5).astype(dtype)
+    logp, dlogits = np.full(n, np.nan, dtype), np.full((n, m), np.nan, dtype)
+    bernoulli = pick(likelihood_cpu._bernoulli_serial, likelihood_cpu._bernoulli_parallel)
+    bernoulli(x, y, dtype(-0.5), logp, dlogits)
+    assert np.isfinite(logp).all() and np.isfinite(dlogits).all()
+    h = latent_inputs(3, n, d, dtype)
+    z, kl = np.full((2, n, d), np.nan, dtype), np.full(n, np.nan, dtype)
+    noise = latent_cpu._noise(h, (2, n, d), None, (7, 11))
+    latent_cpu._forward(h, *noise, z, kl)
+    assert np.isfinite(z).all() and np.isfinite(kl).all()
+    dh = np.full_like(h, np.nan)
+    latent_cpu._backward(rng.standard_normal((2, n, d)).astype(dtype), 0.5, h, *noise, dh)
+    assert np.isfinite(dh).all()

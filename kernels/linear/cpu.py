@@ -282,6 +282,10 @@ def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, act: str | None)
 def linear_backward(dy: np.ndarray, cache: Any, need_dx: bool = True):
     """With G = dy * act'(.): dx = G W (N, D_in) or None, dW = G^T x (D_out, D_in), db = sum_n G."""
     x, W, saved, code = cache
+    want = (x.shape[0], W.shape[0])
+    if getattr(dy, "shape", None) != want:  # the kernels index saved by dy's rows and columns
+        raise ValueError(f"dy must have the forward output's shape {want} (N, D_out), "
+                         f"got {getattr(dy, 'shape', type(dy).__name__)}")
     if code == NONE:
         g, db = dy, dy.sum(axis=0)  # G = dy: the column sum is the only pass
     else:
