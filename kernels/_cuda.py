@@ -45,6 +45,8 @@ C_TYPES: dict[str, np.dtype] = {
 MAX_GRID_X = 2**31 - 1
 MAX_BLOCK_THREADS = 1024  # CUDA's limit on threads per block
 WARP_SIZE = 32
+INT32_LIMIT = 2**31  # sizes and leading dimensions are C ints in the kernels
+FLOAT32_ITEM = np.dtype(np.float32).itemsize
 
 _KERNEL_DECL = re.compile(
     r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(([^)]*)\)')
@@ -207,6 +209,36 @@ def check_array(name: str, a: Any, shape: Sequence[int | None], xp: Any, dtype=n
     if not a.flags.c_contiguous:
         raise ValueError(f"{what}, got strides {a.strides}")
     return a
+
+
+def check_matrix(name: str, a: Any, shape: tuple[int | None, int | None], xp: Any,
+                 writeable: bool = False) -> tuple[Any, Any, int]:
+    """(a, what the kernel gets, ld) for a float32 2-D array of ``xp`` with ``shape`` (None: any
+    size) whose columns are adjacent and whose rows are ``ld >= width`` elements apart; else
+    ValueError naming ``name``. The kernel gets ``a`` itself if it is C-contiguous, otherwise the 1-D
+    view of its span (first element to last)."""
+    want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+    what = f"{name} must be a float32 {xp.__name__} array of shape {want} with adjacent columns"
+    if not isinstance(a, xp.ndarray):
+        raise ValueError(f"{what}, got {type(a).__name__}")
+    if a.dtype != np.float32 or a.ndim != 2 or any(
+            s is not None and s != n for s, n in zip(shape, a.shape, strict=True)):
+        raise ValueError(f"{what}, got dtype {a.dtype} and shape {a.shape}")
+    rows, cols = a.shape
+    check_int(f"{name}.shape[0]", rows, 1, INT32_LIMIT)
+    check_int(f"{name}.shape[1]", cols, 1, INT32_LIMIT)
+    if writeable and not getattr(a.flags, "writeable", True):  # CuPy arrays have no such flag
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    if a.flags.c_contiguous:
+        return a, a, cols
+    item = FLOAT32_ITEM
+    row_stride, col_stride = a.strides
+    if (cols > 1 and col_stride != item) or (rows > 1 and (row_stride % item or row_stride < cols * item)):
+        raise ValueError(f"{what}, i.e. strides ({item} ld, {item}) with ld >= {cols}, got {a.strides}")
+    ld = row_stride // item if rows > 1 else cols
+    check_int(f"{name}'s leading dimension", ld, 1, INT32_LIMIT)
+    span = xp.lib.stride_tricks.as_strided(a, shape=((rows - 1) * ld + cols,), strides=(item,))
+    return a, span, ld
 
 
 def check_block(name: str, block: int, whole_warps: bool) -> int:

@@ -45,8 +45,9 @@ def backend() -> Backend:
     from minivae.kernels.linear import cuda_c as linear
     from minivae.kernels.optim import cuda_c as optim
 
-    # The launchers take row-strided matrices for the linear op and C-contiguous arrays elsewhere;
-    # the model slices (dz out of a wider gradient, mu and logvar out of h), so copy only those.
+    # The launchers take row-strided matrices for the linear and latent ops (mu and logvar are read
+    # as the halves of h, dh written as two halves) and C-contiguous arrays elsewhere: dz, sliced
+    # out of a wider gradient by the model, is copied when it is not contiguous.
     c = cupy.ascontiguousarray
     gpu = "cupy"
 
@@ -60,11 +61,12 @@ def backend() -> Backend:
 
     def latent_forward(h, n_samples, eps=None, key=None):
         d = h.shape[1] // 2
-        mu, logvar = c(h[:, :d]), c(h[:, d:])
+        mu, logvar = h[:, :d], h[:, d:]  # row-strided views: the kernels read h in place
         if eps is None:
             seed, offset = key
             z, kl = latent.forward(mu, logvar, seed, offset, n_samples, backend=gpu)
             return z, kl, (mu, logvar, key, None)
+        mu, logvar = c(mu), c(logvar)
         z, z_cache = reparameterize_forward(mu, logvar, eps)
         return z, kl_forward(mu, logvar), (mu, logvar, None, z_cache)
 
@@ -72,12 +74,14 @@ def backend() -> Backend:
         mu, logvar, key, z_cache = cache
         if key is not None:
             seed, offset = key
-            dmu, dlogvar = latent.backward(c(dz), mu, logvar, seed, offset, kl_weight, backend=gpu)
-        else:
-            dmu, dlogvar = reparameterize_backward(dz, z_cache)
-            dmu_kl, dlogvar_kl = kl_backward(cupy.full(mu.shape[0], kl_weight, mu.dtype), mu, logvar)
-            dmu, dlogvar = dmu + dmu_kl, dlogvar + dlogvar_kl
-        return cupy.concatenate([dmu, dlogvar], axis=1)
+            n, d = mu.shape
+            dh = cupy.empty((n, 2 * d), mu.dtype)  # written in place, half by half, by the kernel
+            latent.backward(c(dz), mu, logvar, seed, offset, kl_weight, backend=gpu,
+                            out=(dh[:, :d], dh[:, d:]))
+            return dh
+        dmu, dlogvar = reparameterize_backward(dz, z_cache)
+        dmu_kl, dlogvar_kl = kl_backward(cupy.full(mu.shape[0], kl_weight, mu.dtype), mu, logvar)
+        return cupy.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
 
     def bernoulli(x, logits, dlogp):
         return likelihood.bernoulli_forward_backward(c(x), c(logits), dlogp, backend=gpu)

@@ -234,13 +234,14 @@ KERNELS_MAIN = """
 #include <vector>
 int main() {
     const int n = 3, d = 45, samples = 2, pixels = 70;
-    std::vector<float> mu(n * d, 0.5f), logvar(n * d, -0.25f), z(samples * n * d), kl(n);
-    std::vector<float> dmu(n * d), dlogvar(n * d), x(n * pixels, 1.0f), logits(n * pixels, 0.3f);
+    // the latent kernels read h = [mu | logvar] and write dh = [dmu | dlogvar] in place (ld = 2d)
+    std::vector<float> h(n * 2 * d, 0.5f), dh(n * 2 * d), z(samples * n * d), kl(n);
+    std::vector<float> mu(n * d, 0.5f), dmu(n * d, 0.1f), x(n * pixels, 1.0f), logits(n * pixels, 0.3f);
     std::vector<float> logp(n), dlogits(n * pixels), m(n * d), v(n * d);
-    int status = emu::launch(latent_forward, dim3(2), dim3(64), mu.data(), logvar.data(), z.data(), kl.data(),
-                             n, d, samples, 7ull, 5ull);
-    status |= emu::launch(latent_backward, dim3(2), dim3(50), z.data(), mu.data(), logvar.data(), dmu.data(),
-                          dlogvar.data(), n, d, samples, 7ull, 5ull, 0.1f);
+    int status = emu::launch(latent_forward, dim3(2), dim3(64), h.data(), 2 * d, h.data() + d, 2 * d,
+                             z.data(), kl.data(), n, d, samples, 7ull, 5ull);
+    status |= emu::launch(latent_backward, dim3(2), dim3(50), z.data(), h.data(), 2 * d, h.data() + d, 2 * d,
+                          dh.data(), 2 * d, dh.data() + d, 2 * d, n, d, samples, 7ull, 5ull, 0.1f);
     status |= emu::launch(bernoulli_forward_backward, dim3(2), dim3(64), x.data(), logits.data(), logp.data(),
                           dlogits.data(), n, pixels, -0.5f);
     status |= emu::launch(adam_step, dim3(2), dim3(50), mu.data(), dmu.data(), m.data(), v.data(),

@@ -129,9 +129,31 @@ def test_latent_backward_matches_the_reference_backward(n, d, samples, seed, off
     assert_close("dlogvar", dlogvar, dlv_z + dlv_kl, 0.5 * cache[0] * sum_abs_dz_eps + np.abs(dlv_kl))
 
 
+@pytest.mark.parametrize(("n", "d", "pad"), [(1, 1, 0), (5, 17, 3), (4, 33, 0), (3, 2, 1)])
+def test_latent_kernels_read_h_and_write_dh_in_place(n, d, pad):
+    """mu and logvar as the two halves of one head h = [mu | logvar | pad] (row stride 2d + pad),
+    dmu and dlogvar into the halves of one dh: bitwise what the contiguous launch gives, and the
+    padding columns (a sentinel) untouched."""
+    samples, seed, offset, sentinel = 2, 99, 7, -12345.0
+    mu, logvar = latent_inputs(n + d + pad, n, d)
+    h = np.full((n, 2 * d + pad), sentinel, np.float32)
+    h[:, :d], h[:, d:2 * d] = mu, logvar
+    z, kl = latent_cuda.forward(h[:, :d], h[:, d:2 * d], seed, offset, samples)
+    z_ref, kl_ref = latent_cuda.forward(mu, logvar, seed, offset, samples)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_array_equal(kl, kl_ref)
+    dz = np.random.default_rng(n * d).normal(size=(samples, n, d)).astype(np.float32)
+    dh = np.full((n, 2 * d + pad), sentinel, np.float32)
+    latent_cuda.backward(dz, h[:, :d], h[:, d:2 * d], seed, offset, 0.3, out=(dh[:, :d], dh[:, d:2 * d]))
+    want = latent_cuda.backward(dz, mu, logvar, seed, offset, 0.3)
+    np.testing.assert_array_equal(dh[:, :d], want[0])
+    np.testing.assert_array_equal(dh[:, d:2 * d], want[1])
+    assert (dh[:, 2 * d:] == sentinel).all()
+
+
 def test_latent_launchers_check_their_arguments():
     mu = np.zeros((2, 3), np.float32)
-    with pytest.raises(ValueError, match="logvar must be a C-contiguous float32 numpy array of shape"):
+    with pytest.raises(ValueError, match="logvar must be a float32 numpy array of shape .* adjacent columns"):
         latent_cuda.forward(mu, mu.astype(np.float64), 0, 0)
     with pytest.raises(ValueError, match="logvar.*shape"):
         latent_cuda.forward(mu, np.zeros((3, 2), np.float32), 0, 0)

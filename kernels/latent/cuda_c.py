@@ -39,14 +39,15 @@ def forward(mu: Any, logvar: Any, seed: int, offset: int, samples: int | None = 
             out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
     """z = mu + exp(logvar / 2) eps and the per-example KL, in one pass.
 
-    mu, logvar: (N, d) float32. samples: None for z of shape (N, d), else L >= 1 for (L, N, d).
-    eps[e] = eps[offset + e] of the stream keyed by seed, e the C-order flat index in z.
+    mu, logvar: (N, d) float32, row-strided views allowed (e.g. the two halves of the encoder's
+    head h = [mu | logvar], read in place). samples: None for z of shape (N, d), else L >= 1 for
+    (L, N, d). eps[e] = eps[offset + e] of the stream keyed by seed, e the C-order flat index in z.
     Returns (z, kl) with kl (N,), written into ``out`` if given (arrays of those shapes).
     """
     xp = _cuda.array_module(backend)
-    mu = _cuda.check_array("mu", mu, (None, None), xp)
+    mu, mu_k, ld_mu = _cuda.check_matrix("mu", mu, (None, None), xp)
     n, d = mu.shape
-    logvar = _cuda.check_array("logvar", logvar, (n, d), xp)
+    logvar, logvar_k, ld_logvar = _cuda.check_matrix("logvar", logvar, (n, d), xp)
     _cuda.check_int("N", n, 1, INT32_LIMIT)
     _cuda.check_int("d", d, 1, INT32_LIMIT)
     z_shape = (n, d) if samples is None else (_cuda.check_int("samples", samples, 1, INT32_LIMIT), n, d)
@@ -59,8 +60,8 @@ def forward(mu: Any, logvar: Any, seed: int, offset: int, samples: int | None = 
         z, kl = _cuda.check_array("out[0] (z)", out[0], z_shape, xp), _cuda.check_array("out[1] (kl)", out[1],
                                                                                         (n,), xp)
     kernel = _cuda.load(SOURCE, backend).get_function("latent_forward")
-    kernel(grid, block, (mu, logvar, z, kl, np.int32(n), np.int32(d), np.int32(z.size // (n * d)), seed_,
-                         offset_))
+    kernel(grid, block, (mu_k, np.int32(ld_mu), logvar_k, np.int32(ld_logvar), z, kl, np.int32(n),
+                         np.int32(d), np.int32(z.size // (n * d)), seed_, offset_))
     return z, kl
 
 
@@ -71,12 +72,13 @@ def backward(dz: Any, mu: Any, logvar: Any, seed: int, offset: int, kl_weight: f
 
     dz: (N, d) or (L, N, d) float32 (d loss / d z); mu, logvar: (N, d); seed, offset: those of the
     forward. kl_weight: d loss / d kl[n], the same for every example (beta times the loss scale).
-    Returns (dmu, dlogvar), (N, d) each, written into ``out`` if given.
+    Returns (dmu, dlogvar), (N, d) each, written into ``out`` if given; mu, logvar and the ``out``
+    arrays may be row-strided views (e.g. the halves of h and of dh = [dmu | dlogvar]).
     """
     xp = _cuda.array_module(backend)
-    mu = _cuda.check_array("mu", mu, (None, None), xp)
+    mu, mu_k, ld_mu = _cuda.check_matrix("mu", mu, (None, None), xp)
     n, d = mu.shape
-    logvar = _cuda.check_array("logvar", logvar, (n, d), xp)
+    logvar, logvar_k, ld_logvar = _cuda.check_matrix("logvar", logvar, (n, d), xp)
     if getattr(dz, "ndim", None) == 2:
         dz = _cuda.check_array("dz", dz, (n, d), xp)
     else:
@@ -90,11 +92,12 @@ def backward(dz: Any, mu: Any, logvar: Any, seed: int, offset: int, kl_weight: f
     block = _cuda.check_block("block", block, whole_warps=False)
     grid = _cuda.check_grid("grid", grid, -(-n * d // block))
     if out is None:
-        dmu, dlogvar = xp.empty((n, d), np.float32), xp.empty((n, d), np.float32)
-    else:
-        dmu = _cuda.check_array("out[0] (dmu)", out[0], (n, d), xp)
-        dlogvar = _cuda.check_array("out[1] (dlogvar)", out[1], (n, d), xp)
+        out = xp.empty((n, d), np.float32), xp.empty((n, d), np.float32)
+    check = _cuda.check_matrix
+    dmu, dmu_k, ld_dmu = check("out[0] (dmu)", out[0], (n, d), xp, writeable=True)
+    dlogvar, dlogvar_k, ld_dlogvar = check("out[1] (dlogvar)", out[1], (n, d), xp, writeable=True)
     kernel = _cuda.load(SOURCE, backend).get_function("latent_backward")
-    kernel(grid, block, (dz, mu, logvar, dmu, dlogvar, np.int32(n), np.int32(d), np.int32(samples), seed_,
+    kernel(grid, block, (dz, mu_k, np.int32(ld_mu), logvar_k, np.int32(ld_logvar), dmu_k, np.int32(ld_dmu),
+                         dlogvar_k, np.int32(ld_dlogvar), np.int32(n), np.int32(d), np.int32(samples), seed_,
                          offset_, np.float32(kl_weight)))
     return dmu, dlogvar

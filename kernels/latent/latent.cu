@@ -5,6 +5,10 @@
 // eps is never stored: element e of z (its C-order flat index in (L, N, d)) uses eps[offset + e] of
 // the Philox stream keyed by seed (minivae/philox.py), and the backward regenerates the very same
 // value. Shapes: N examples (rows), d latent dimensions, L samples per example; float32 throughout.
+// mu, logvar (and the backward's dmu, dlogvar) are row-strided: row r starts ld_* elements after
+// row r - 1, so the encoder's head h = [mu | logvar] (N, 2d) is read, and dh = [dmu | dlogvar]
+// written, in place (mu = h, logvar = h + d, both with ld = 2d): one read of the latent statistics
+// per direction, no copies. z, kl and dz are C-contiguous.
 #include "launch.cuh"
 #include "philox.cuh"
 #include "reduce.cuh"
@@ -13,7 +17,8 @@
 // reads the row's mu and logvar once, writes the row's L samples of z = mu + exp(logvar / 2) eps,
 // and sums the row's KL terms with block_sum (deterministic: no atomics). blockDim.x must be a
 // multiple of 32. Outputs: z (L, N, d), kl (N,).
-extern "C" __global__ void latent_forward(const float* __restrict__ mu, const float* __restrict__ logvar,
+extern "C" __global__ void latent_forward(const float* __restrict__ mu, int ld_mu,
+                                          const float* __restrict__ logvar, int ld_logvar,
                                           float* __restrict__ z, float* __restrict__ kl, int n_rows,
                                           int dim, int samples, unsigned long long seed,
                                           unsigned long long offset) {
@@ -22,8 +27,8 @@ extern "C" __global__ void latent_forward(const float* __restrict__ mu, const fl
     for (long long row = blockIdx.x; row < n_rows; row += gridDim.x) {
         float terms = 0.0f;
         for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-            const long long i = row * dim + j;
-            const float m = mu[i], lv = logvar[i];
+            const long long i = row * dim + j;  // in z's plane
+            const float m = mu[row * ld_mu + j], lv = logvar[row * ld_logvar + j];
             const float sd = expf(0.5f * lv);
             terms += m * m + expm1f(lv) - lv;  // KL = 1/2 sum_j (mu^2 + e^logvar - 1 - logvar)
             for (int l = 0; l < samples; ++l) {
@@ -42,15 +47,17 @@ extern "C" __global__ void latent_forward(const float* __restrict__ mu, const fl
 //   dlogvar = (sum_l dz_l eps_l) exp(logvar / 2) / 2 + w (exp(logvar) - 1) / 2
 // dz: (L, N, d) (L = 1 for an (N, d) dz); dmu, dlogvar: (N, d).
 extern "C" __global__ void latent_backward(const float* __restrict__ dz, const float* __restrict__ mu,
-                                           const float* __restrict__ logvar, float* __restrict__ dmu,
-                                           float* __restrict__ dlogvar, int n_rows, int dim, int samples,
+                                           int ld_mu, const float* __restrict__ logvar, int ld_logvar,
+                                           float* __restrict__ dmu, int ld_dmu, float* __restrict__ dlogvar,
+                                           int ld_dlogvar, int n_rows, int dim, int samples,
                                            unsigned long long seed, unsigned long long offset,
                                            float kl_weight) {
     require_1d_launch();
     const long long plane = static_cast<long long>(n_rows) * dim;
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < plane; i += stride) {
-        const float m = mu[i], lv = logvar[i];
+        const long long row = i / dim, j = i - row * dim;  // i indexes dz's (and eps's) plane
+        const float m = mu[row * ld_mu + j], lv = logvar[row * ld_logvar + j];
         float sum_dz = 0.0f, sum_dz_eps = 0.0f;
         for (int l = 0; l < samples; ++l) {
             const long long e = l * plane + i;
@@ -58,7 +65,7 @@ extern "C" __global__ void latent_backward(const float* __restrict__ dz, const f
             sum_dz += g;
             sum_dz_eps += g * philox_normal(seed, offset + static_cast<unsigned long long>(e));
         }
-        dmu[i] = sum_dz + kl_weight * m;
-        dlogvar[i] = sum_dz_eps * (0.5f * expf(0.5f * lv)) + kl_weight * (0.5f * expm1f(lv));
+        dmu[row * ld_dmu + j] = sum_dz + kl_weight * m;
+        dlogvar[row * ld_dlogvar + j] = sum_dz_eps * (0.5f * expf(0.5f * lv)) + kl_weight * (0.5f * expm1f(lv));
     }
 }

@@ -25,9 +25,9 @@ from minivae.kernels import _cuda
 SOURCE = Path(__file__).with_name("linear.cu")
 # linear.cu's activation codes (the same as kernels/linear/cpu.py's); None is no activation.
 ACT_CODES = {None: 0, "relu": 1, "leaky_relu": 2, "elu": 3, "tanh": 4, "sigmoid": 5, "softplus": 6}
-INT32_LIMIT = 2**31  # sizes and leading dimensions are C ints in the kernels
+INT32_LIMIT = _cuda.INT32_LIMIT  # sizes and leading dimensions are C ints in the kernels
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which runs over the row tiles
-ITEM = np.dtype(np.float32).itemsize
+ITEM = _cuda.FLOAT32_ITEM
 
 
 @dataclass(frozen=True)
@@ -79,31 +79,8 @@ def _rung(table: dict, version: Any, what: str):
 
 def matrix(name: str, a: Any, shape: tuple[int | None, int | None], xp: Any,
            writeable: bool = False) -> tuple[Any, Any, int]:
-    """(a, what the kernel gets, ld) for a float32 2-D array of ``xp`` with ``shape`` (None: any
-    size) whose columns are adjacent and whose rows are ``ld >= width`` elements apart; else
-    ValueError naming ``name``. The kernel gets ``a`` itself if it is C-contiguous, otherwise the 1-D
-    view of its span (first element to last)."""
-    want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
-    what = f"{name} must be a float32 {xp.__name__} array of shape {want} with adjacent columns"
-    if not isinstance(a, xp.ndarray):
-        raise ValueError(f"{what}, got {type(a).__name__}")
-    if a.dtype != np.float32 or a.ndim != 2 or any(
-            s is not None and s != n for s, n in zip(shape, a.shape, strict=True)):
-        raise ValueError(f"{what}, got dtype {a.dtype} and shape {a.shape}")
-    rows, cols = a.shape
-    _cuda.check_int(f"{name}.shape[0]", rows, 1, INT32_LIMIT)
-    _cuda.check_int(f"{name}.shape[1]", cols, 1, INT32_LIMIT)
-    if writeable and not getattr(a.flags, "writeable", True):  # CuPy arrays have no such flag
-        raise ValueError(f"{name} must be writeable, got a read-only array")
-    if a.flags.c_contiguous:
-        return a, a, cols
-    row_stride, col_stride = a.strides
-    if (cols > 1 and col_stride != ITEM) or (rows > 1 and (row_stride % ITEM or row_stride < cols * ITEM)):
-        raise ValueError(f"{what}, i.e. strides ({ITEM} ld, {ITEM}) with ld >= {cols}, got {a.strides}")
-    ld = row_stride // ITEM if rows > 1 else cols
-    _cuda.check_int(f"{name}'s leading dimension", ld, 1, INT32_LIMIT)
-    span = xp.lib.stride_tricks.as_strided(a, shape=((rows - 1) * ld + cols,), strides=(ITEM,))
-    return a, span, ld
+    """``_cuda.check_matrix``: row-strided float32 matrices, as every linear kernel takes them."""
+    return _cuda.check_matrix(name, a, shape, xp, writeable)
 
 
 def _grid(rung: Rung, rows: int, cols: int) -> tuple[int, int]:
