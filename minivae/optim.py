@@ -94,6 +94,27 @@ def _check_params(params: object, xp: Any = np) -> dict[str, np.ndarray]:
     return out
 
 
+def first_nonfinite(grads: Mapping[str, Any], xp: Any = np) -> str | None:
+    """The key of the first gradient holding a NaN or inf, or None when all are finite.
+
+    A sum is finite only if every term is (NaN and inf propagate), so one reduction per gradient,
+    and a single value brought back from a device, decide the common case; only a non-finite sum
+    (a NaN, an inf, or finite values that overflow when added) looks at the elements.
+    """
+    if xp is np:
+        total = 0.0
+        for g in grads.values():
+            total += float(g.sum())
+    else:
+        total = float(xp.stack([g.sum() for g in grads.values()]).astype(np.float64).sum())
+    if math.isfinite(total):
+        return None
+    for key, g in grads.items():
+        if not bool(xp.isfinite(g).all()):
+            return key
+    return None
+
+
 def _scratch_views(params: dict[str, np.ndarray], count: int, xp: Any = np) -> list[dict[str, np.ndarray]]:
     """``count`` scratch arrays per parameter, as views into flat buffers shared by all parameters
     of one dtype (parameters are updated one after another, so one buffer of the largest size is
@@ -159,14 +180,18 @@ class Optimizer:
         return self._step
 
     # -- stepping --------------------------------------------------------------------------
-    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+    def step(self, grads: Mapping[str, np.ndarray], *, check_finite: bool = True) -> None:
         """Update every parameter in place from ``grads`` (same keys, shapes and dtypes).
 
         ``grads`` is not modified. Raises ValueError, before touching anything, if ``grads``
         does not match the parameters, and FloatingPointError, naming the first such parameter,
         if a gradient holds NaN or inf (a step would write it into the weights).
+        ``check_finite=False`` skips that one pass, for a caller that has just made it with
+        :func:`first_nonfinite` (the training loop does, to name the step and stop or skip).
         """
         self._check_grads(grads)
+        if check_finite:
+            self._check_finite(grads)
         self._update(grads)
 
     def _update(self, grads: Mapping[str, np.ndarray]) -> None:  # pragma: no cover - abstract
@@ -189,27 +214,16 @@ class Optimizer:
                     f"grads[{key!r}] must be an array of shape {p.shape} and dtype {p.dtype} "
                     f"like its parameter, got {_describe(g)}"
                 )
-        self._check_finite(grads)
 
     def _check_finite(self, grads: Mapping[str, np.ndarray]) -> None:
-        """FloatingPointError naming the first gradient with a NaN or inf. A sum is finite only if
-        every term is (NaN and inf propagate), so one reduction per gradient, and a single value
-        brought back from a device, decide the common case; only a non-finite sum (a NaN, an inf,
-        or finite values that overflow when added) looks at the elements."""
+        """FloatingPointError naming the first gradient with a NaN or inf."""
         xp = self._backend.xp if self._backend is not None else np
-        if xp is np:
-            total = 0.0
-            for g in grads.values():
-                total += float(g.sum())
-        else:
-            total = float(xp.stack([g.sum() for g in grads.values()]).astype(np.float64).sum())
-        if math.isfinite(total):
-            return
-        for key, g in grads.items():
-            if not bool(xp.isfinite(g).all()):
-                bad = int((~xp.isfinite(g)).sum())
-                raise FloatingPointError(f"grads[{key!r}] is not finite ({bad} of {g.size} entries are "
-                                         "NaN or inf): the step would write them into the parameters")
+        key = first_nonfinite(grads, xp)
+        if key is not None:
+            g = grads[key]
+            bad = int((~xp.isfinite(g)).sum())
+            raise FloatingPointError(f"grads[{key!r}] is not finite ({bad} of {g.size} entries are "
+                                     "NaN or inf): the step would write them into the parameters")
 
     # -- state -----------------------------------------------------------------------------
     def _state_keys(self) -> list[str]:

@@ -44,7 +44,7 @@ from minivae.backends import BACKENDS, BackendUnavailable, get_backend
 from minivae.layers import ACTIVATIONS
 from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
-from minivae.optim import clip_grad_norm, make_optimizer
+from minivae.optim import clip_grad_norm, first_nonfinite, make_optimizer
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT_VERSION = 1
@@ -601,7 +601,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
                         try:
                             res = model.loss(x_epoch[model._dev(idx)], yb, rng=stream, beta=beta,
                                              n_samples=config.n_samples, check=False)
-                            bad = _first_nonfinite(res)
+                            bad = _first_nonfinite(res, model.backend.xp)
                         except FloatingPointError:
                             res, bad = None, "loss"
                     if bad is not None:
@@ -614,7 +614,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
                     else:
                         if config.clip is not None:
                             clip_grad_norm(res.grads, config.clip)
-                        optimizer.step(res.grads)
+                        optimizer.step(res.grads, check_finite=False)  # checked just above
                         s = state.sums
                         s[0] += res.loss * len(idx)
                         s[1] += res.recon * len(idx)
@@ -714,13 +714,11 @@ def _progress(enabled: bool, total: int, initial: int, desc: str):
                 file=sys.stderr)
 
 
-def _first_nonfinite(res) -> str | None:
+def _first_nonfinite(res, xp) -> str | None:
     if not math.isfinite(res.loss):
         return "loss"
-    for k, g in res.grads.items():
-        if not np.isfinite(g).all():
-            return f"gradient of {k}"
-    return None
+    key = first_nonfinite(res.grads, xp)
+    return None if key is None else f"gradient of {key}"
 
 
 def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, state: RunState,

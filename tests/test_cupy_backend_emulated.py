@@ -92,3 +92,10 @@ def test_training_follows_the_numpy_backends_loss_trajectory(emulated_cupy):
     from trajectory import assert_follows_numpy
 
     assert_follows_numpy(emulated_cupy, "float32", n_classes=3)
+
+
+@pytest.mark.parametrize("noise", ["philox", "generator"])
+def test_one_loss_matches_numpy_with_either_noise(emulated_cupy, noise):
+    from trajectory import assert_one_loss_matches_numpy
+
+    assert_one_loss_matches_numpy(emulated_cupy, 70, 3, (33,), 17, noise=noise, activation="elu", n_classes=3)

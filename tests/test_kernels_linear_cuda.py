@@ -37,7 +37,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivae import philox
 from minivae.backends import NUMPY, BackendUnavailable, get_backend
 from minivae.kernels import _cuda, _emulate
 from minivae.kernels.linear import cuda_c as linear
@@ -450,26 +449,12 @@ def test_the_cupy_backend_is_registered_with_its_device():
 @pytest.mark.parametrize(("n_classes", "activation", "noise"), [(0, "tanh", "philox"), (3, "elu", "philox"),
                                                                  (0, "softplus", "generator")])
 def test_vae_loss_and_gradients_match_the_numpy_backend(n_classes, activation, noise):
-    """One -ELBO evaluation through every kernel matches backend="numpy": the same Philox key (eps
-    drawn and regenerated in the kernels), or eps drawn by a numpy Generator and handed over. The
-    conditional model slices dz out of a wider gradient on its way to the latent backward."""
-    from minivae.model import VAE
+    """One -ELBO evaluation through every kernel (tests/trajectory.py says what is compared), with
+    Philox noise or eps handed over."""
+    from trajectory import assert_one_loss_matches_numpy
 
-    results = {}
-    for name in ("numpy", "cupy"):
-        rng = np.random.default_rng(3)
-        model = VAE(70, 3, (33,), activation=activation, n_classes=n_classes, rng=rng, backend=name)
-        x = (rng.random((17, 70)) < 0.5).astype(np.float32)
-        y = rng.integers(0, n_classes, 17) if n_classes else None
-        draw = philox.Stream(11, 5) if noise == "philox" else np.random.default_rng(5)
-        results[name] = model.loss(x, y, rng=draw, n_samples=2, beta=0.5)
-    ref, got = results["numpy"], results["cupy"]
-    rtol = 2e-5
-    assert got.loss == pytest.approx(ref.loss, rel=rtol)
-    assert got.kl == pytest.approx(ref.kl, rel=rtol)
-    assert set(got.grads) == set(ref.grads)
-    for k, g in ref.grads.items():
-        assert_within(f"grads[{k!r}]", got.grads[k], f64(g), rtol * (np.abs(g) + np.abs(g).max()))
+    assert_one_loss_matches_numpy("cupy", 70, 3, (33,), 17, noise=noise, activation=activation,
+                                  n_classes=n_classes)
 
 
 @gpu_only

@@ -518,3 +518,16 @@ def test_non_finite_gradients_are_refused_naming_the_parameter(bad):
     assert opt.step_count == 1
     np.testing.assert_array_equal(params["w"], 1.0 - 1e-310 * 1e308)
     np.testing.assert_array_equal(params["b"], np.float32(1.0) - np.float32(1e-310) * np.float32(3e38))
+
+
+def test_first_nonfinite_names_the_first_bad_gradient_and_passes_huge_finite_ones():
+    from minivae.optim import first_nonfinite
+
+    ok = {"a": np.ones(3), "b": np.full(2, 3e38, np.float32)}  # b's float32 sum overflows: still finite
+    assert first_nonfinite(ok) is None
+    assert first_nonfinite(ok | {"c": np.array([1.0, np.nan]), "d": np.array([np.inf])}) == "c"
+    assert first_nonfinite({"a": np.ones(2), "d": np.array([-np.inf])}) == "d"
+    params = {"a": np.ones(3)}
+    opt = SGD(params, lr=0.1)
+    opt.step({"a": np.array([0.0, np.nan, 0.0])}, check_finite=False)  # the caller's choice
+    assert np.isnan(params["a"][1]) and params["a"][0] == 1.0

@@ -496,10 +496,10 @@ def _record_grad_norms(monkeypatch) -> list[float]:
         opt = real_make(*args, **kwargs)
         real_step = opt.step
 
-        def step(grads):
+        def step(grads, **kwargs):
             norms.append(float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2)
                                            for g in grads.values()))))
-            return real_step(grads)
+            return real_step(grads, **kwargs)
 
         opt.step = step
         return opt

@@ -5,8 +5,9 @@ alternates between the two: a fused Numba pass, then a BLAS GEMM, then another p
 OpenMP layer (its default where libgomp is found) keeps its threads spinning after each parallel
 region, so they take the cores away from the GEMMs that follow: measured on 2 cores, the
 784-400-20 training step at batch 128 took 26 ms on the OpenMP layer against 8 ms on the
-workqueue layer, whose threads sleep between regions (bench/results/). So minivae asks for the
-workqueue layer, unless the user chose a layer with NUMBA_THREADING_LAYER.
+workqueue layer, whose threads sleep between regions (compare `NUMBA_THREADING_LAYER=omp python
+-m bench train --quick` with the plain command; the table records the layer). So minivae asks for
+the workqueue layer, unless the user chose a layer with NUMBA_THREADING_LAYER.
 
 Numba reads ``numba.config.THREADING_LAYER`` when it starts its thread pool, at the first launch
 of a parallel kernel; every kernel module of this package imports this one first. The choice also

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
+from minivae.kernels.optim import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
 
 # Entries at which the update is shared between threads; smaller arrays (biases, small layers) run
 # on one thread, where waking the pool would cost more than the pass (measured on 2 cores: 16k
@@ -28,13 +29,13 @@ _JIT = {"cache": True, "fastmath": False, "error_model": "numpy"}
 @njit(inline="always")
 def _entry(p, g, m, v, k, s):
     """Entry k. s = (weight, 1 - weight, beta2, 1 - beta2, -lr / bc1, sqrt(bc2), eps, weight_decay,
-    1 - lr * weight_decay, weight < 0.5, mode) with weight = 1 - beta1 (the lerp weight) and mode
-    0 none, 1 L2 (Adam), 2 decoupled (AdamW)."""
+    1 - lr * weight_decay, weight < 0.5, mode): ``kernels/optim``'s step_scalars, with mode its
+    weight_decay_mode (none, L2 for Adam, decoupled for AdamW)."""
     weight, one_minus_weight, beta2, one_minus_beta2, neg_step_size, bc2_sqrt, eps, wd, decay, small, mode = s
     pk, gk = p[k], g[k]
-    if mode == 2:
+    if mode == WEIGHT_DECAY_DECOUPLED:
         pk = pk * decay
-    elif mode == 1:
+    elif mode == WEIGHT_DECAY_L2:
         gk = pk * wd + gk
     diff = gk - m[k]
     mk = m[k] + diff * weight if small else gk - diff * one_minus_weight  # PyTorch's lerp
@@ -78,11 +79,8 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, lr: floa
     flat = [_flat(name, a, p) for name, a in (("p", p), ("g", g), ("m", m), ("v", v))]
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (the step being taken), got {step!r}")
-    # Scalars in Python double precision, exactly as optim.Adam (and torch) computes them.
-    weight = 1 - beta1
-    mode = 0 if weight_decay == 0 else 2 if decoupled else 1
-    scalars = (weight, 1 - weight, beta2, 1 - beta2, -(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5,
-               eps, weight_decay, 1 - lr * weight_decay)
-    s = (*(p.dtype.type(c) for c in scalars), abs(weight) < 0.5, mode)
+    check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    scalars, mode = step_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step)
+    s = (*(p.dtype.type(c) for c in scalars), abs(scalars[0]) < 0.5, mode)
     kernel = _adam_parallel if p.size >= PARALLEL_MIN_ELEMENTS else _adam_serial
     kernel(*flat, s)

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from minivae.kernels import _cuda
+from minivae.kernels.optim import check_hyperparameters, step_scalars
 
 SOURCE = Path(__file__).with_name("adam.cu")
 # Elementwise and memory-bound (4 loads, 3 stores per entry): 8 warps per block keeps enough loads
 # in flight per block while leaving room for several blocks per SM.
 BLOCK = 256
-WEIGHT_DECAY_MODE = {"none": 0, "l2": 1, "decoupled": 2}  # adam.cu's weight_decay_mode
 
 
 def adam_step(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *, step: int, lr: float,
@@ -29,20 +29,14 @@ def adam_step(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *, step: int
     for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         _cuda.check_array(name, a, param.shape, xp)
     step = _cuda.check_int("step", step, 1, 2**63)
-    beta1, beta2 = betas
-    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay), ("betas[0]", beta1),
-                    ("betas[1]", beta2)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if not (beta1 < 1 and beta2 < 1):
-        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-    # Scalars in Python double precision, exactly as minivae.optim.Adam (and torch) computes them.
-    weight = 1 - beta1
-    mode = "none" if weight_decay == 0 else "decoupled" if decoupled else "l2"
-    scalars = (weight, 1 - weight, beta2, 1 - beta2, -(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5, eps,
-               weight_decay, 1 - lr * weight_decay)
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    scalars, mode = step_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step)
     block = _cuda.check_block("block", block, whole_warps=False)
     grid = _cuda.check_grid("grid", grid, -(-param.size // block))
     kernel = _cuda.load(SOURCE, backend).get_function("adam_step")
     kernel(grid, block, (param, grad, exp_avg, exp_avg_sq, np.int64(param.size),
-                         *(np.float32(s) for s in scalars), np.int32(WEIGHT_DECAY_MODE[mode])))
+                         *(np.float32(s) for s in scalars), np.int32(mode)))

@@ -16,11 +16,11 @@ from numba import cuda
 
 from minivae.kernels import _cuda
 from minivae.kernels import numba_cuda as nbc
+from minivae.kernels.optim import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
 
 # Elementwise and memory-bound (4 loads, 3 stores per entry): 8 warps per block keeps enough loads
 # in flight per block while leaving room for several blocks per SM.
 BLOCK = 256
-WEIGHT_DECAY_NONE, WEIGHT_DECAY_L2, WEIGHT_DECAY_DECOUPLED = range(3)
 
 
 @functools.cache
@@ -65,20 +65,10 @@ def adam_step(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *, step: int
         beta1, beta2 = betas
     except (TypeError, ValueError):
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay), ("betas[0]", beta1),
-                    ("betas[1]", beta2)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if not (beta1 < 1 and beta2 < 1):
-        raise ValueError(f"betas must be in [0, 1), got {betas!r}")
+    check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     if param.size == 0:
         return
-    # Scalars in Python double precision, exactly as minivae.optim.Adam (and torch) computes them.
-    weight = 1 - beta1
-    mode = (WEIGHT_DECAY_NONE if weight_decay == 0 else WEIGHT_DECAY_DECOUPLED if decoupled
-            else WEIGHT_DECAY_L2)
-    scalars = (weight, 1 - weight, beta2, 1 - beta2, -(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5,
-               eps, weight_decay, 1 - lr * weight_decay)
+    scalars, mode = step_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step)
     block = nbc.check_block("block", block)
     grid = nbc.check_grid("grid", grid, -(-param.size // block))
     flat = [a.reshape(-1) for a in (param, grad, exp_avg, exp_avg_sq)]  # views: C-contiguous
