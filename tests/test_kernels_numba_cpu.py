@@ -97,6 +97,7 @@ def path(request, monkeypatch):
     """Each kernel on its serial and its parallel path."""
     for module in (linear_cpu, likelihood_cpu, optim_cpu):
         monkeypatch.setattr(module, "PARALLEL_MIN_ELEMENTS", PATHS[request.param])
+    monkeypatch.setattr(likelihood_cpu, "F32_PARALLEL_MIN_ELEMENTS", PATHS[request.param])
     return request.param
 
 
@@ -399,8 +400,7 @@ def test_every_kernel_writes_every_output_element(dtype, serial):
             assert np.isfinite(g).all() and np.isfinite(db).all(), act
     x = (rng.random((n, m)) < 0.5).astype(dtype)
     logp, dlogits = np.full(n, np.nan, dtype), np.full((n, m), np.nan, dtype)
-    bernoulli = pick(likelihood_cpu._bernoulli_serial, likelihood_cpu._bernoulli_parallel)
-    bernoulli(x, y, dtype(-0.5), logp, dlogits)
+    likelihood_cpu.kernel(dtype, not serial)(x, y, dtype(-0.5), logp, dlogits)
     assert np.isfinite(logp).all() and np.isfinite(dlogits).all()
     h = latent_inputs(3, n, d, dtype)
     z, kl = np.full((2, n, d), np.nan, dtype), np.full(n, np.nan, dtype)

@@ -9,6 +9,13 @@ workqueue layer, whose threads sleep between regions (compare `NUMBA_THREADING_L
 -m bench train --quick` with the plain command; the table records the layer). So minivae asks for
 the workqueue layer, unless the user chose a layer with NUMBA_THREADING_LAYER.
 
+The price of sleeping threads is the wake-up: on the 2-core virtual machines here an empty
+parallel region (one task per thread, `python -c` timing of a `prange(2)` kernel) took ~10 us on
+one machine and 160-185 us on another (2026-12-01), against ~2 us on the spinning OpenMP layer.
+So the kernels go parallel only where one pass costs far more than that even on the slow machine
+(each module's PARALLEL_MIN_ELEMENTS: ~0.3 ms of serial work and up); a training step at batch 128
+runs on one Numba thread, and its GEMMs on all the BLAS threads.
+
 Numba reads ``numba.config.THREADING_LAYER`` when it starts its thread pool, at the first launch
 of a parallel kernel; every kernel module of this package imports this one first. The choice also
 goes into the environment, because ``numba.config.reload_config()`` (which other code, e.g. a

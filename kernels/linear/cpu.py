@@ -34,10 +34,10 @@ NONE, RELU, LEAKY_RELU, ELU, TANH, SIGMOID, SOFTPLUS = range(7)
 # The backend table passes only the activation's name, so its parameter is the layer's default.
 LEAKY_SLOPE = ACTIVATIONS["leaky_relu"][3]
 ELU_ALPHA = ACTIVATIONS["elu"][3]
-# Below this many elements a pass runs on one thread: starting the thread pool (~10 us on 2 cores)
-# costs more than it saves (measured: 128 x 40 serial 4 us, parallel 12 us; 128 x 400 relu
-# parallel pays for the backward only from ~64k elements).
-PARALLEL_MIN_ELEMENTS = 1 << 16
+# Below this many elements a pass runs on one thread: waking the thread pool (10-185 us on 2 cores,
+# common/numba_threads.py) costs more than it saves (measured: a 128 x 784 relu backward pass takes
+# ~60 us serial; the training step at batch 128 ran 5.1 -> 4.6 ms with every such pass serial).
+PARALLEL_MIN_ELEMENTS = 1 << 20
 # The backward splits the columns into blocks, one task each, so that every column's db sum stays
 # with one thread (no atomics, no per-thread partials); 64 columns = 256 B of float32 per row.
 COLUMN_BLOCK = 64
