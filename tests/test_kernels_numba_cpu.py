@@ -33,8 +33,11 @@ pytest.importorskip("numba")
 
 from trajectory import assert_follows_numpy, assert_one_loss_matches_numpy  # noqa: E402
 
+from numba import njit  # noqa: E402
+
 from minivae import latent, optim, philox  # noqa: E402
 from minivae.backends import NUMPY, get_backend  # noqa: E402
+from minivae.kernels.common import philox_numba  # noqa: E402
 from minivae.kernels.latent import cpu as latent_cpu  # noqa: E402
 from minivae.kernels.likelihood import cpu as likelihood_cpu  # noqa: E402
 from minivae.kernels.linear import cpu as linear_cpu  # noqa: E402
@@ -405,8 +408,63 @@ def test_every_kernel_writes_every_output_element(dtype, serial):
     h = latent_inputs(3, n, d, dtype)
     z, kl = np.full((2, n, d), np.nan, dtype), np.full(n, np.nan, dtype)
     noise = latent_cpu._noise(h, (2, n, d), None, (7, 11))
+    noise[0][...] = np.nan  # the noise the forward draws, kept for the backward: every entry
     latent_cpu._forward(h, *noise, z, kl)
-    assert np.isfinite(z).all() and np.isfinite(kl).all()
+    assert np.isfinite(z).all() and np.isfinite(kl).all() and np.isfinite(noise[0]).all()
     dh = np.full_like(h, np.nan)
-    latent_cpu._backward(rng.standard_normal((2, n, d)).astype(dtype), 0.5, h, *noise, dh)
+    latent_cpu._backward(rng.standard_normal((2, n, d)).astype(dtype), 0.5, h, noise[0], dh)
     assert np.isfinite(dh).all()
+
+
+# ---- the vectorised float32 Philox fill (kernels/common/philox_numba.py) -------------------------
+
+@njit
+def _philox32_words(c0, c1, k0, k1, out):
+    for t in range(c0.size):
+        out[t, 0], out[t, 1], out[t, 2], out[t, 3] = philox_numba._philox32(c0[t], c1[t], k0[t], k1[t])
+
+
+@njit
+def _box_muller4_f32(words, out):
+    for t in range(words.shape[0]):
+        out[t, 0], out[t, 1], out[t, 2], out[t, 3] = philox_numba.box_muller4_f32(
+            words[t, 0], words[t, 1], words[t, 2], words[t, 3])
+
+
+def test_philox_in_uint32_lanes_is_the_uint64_form_bit_for_bit():
+    rng = np.random.default_rng(11)
+    c0, c1, k0, k1 = (rng.integers(0, 2**32, 2000, dtype=np.uint64).astype(np.uint32) for _ in range(4))
+    got = np.empty((2000, 4), np.uint32)
+    _philox32_words(c0, c1, k0, k1, got)
+    want = philox.philox4x32(np.stack([c0, c1, 0 * c0, 0 * c0], axis=1), np.stack([k0, k1], axis=1))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_float32_box_muller_meets_the_stream_tolerance_on_the_hard_words():
+    """Every pairing of the radius words where the recipe branches or u nears 0 or 1 with the angle
+    words at each quarter turn (tests/test_philox.py's hard set), plus random words."""
+    from test_philox import _hard_words
+
+    words = _hard_words()
+    got = np.empty(words.shape, np.float32)
+    _box_muller4_f32(words, got)
+    want = philox.box_muller4(words)
+    assert_within("box-muller", got, want, philox.EPS_TOLERANCE["float32"]["atol"]
+                  + philox.EPS_TOLERANCE["float32"]["rtol"] * np.abs(want))
+
+
+@pytest.mark.parametrize(("seed", "offset"), [(0, 0), (12345, 1), (2**64 - 1, 2), (99, 3),
+                                              (7, 4 * (2**32 - 5) + 3),  # the group counter's carry
+                                              (5, 2**64 - 1003)])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 9, 1000])
+def test_vectorised_float32_fill_is_the_stream(seed, offset, n):
+    """Partial groups at either end (every start lane, every length mod 4), the counter's low word
+    wrapping into its high word, the stream's last elements."""
+    if offset + n > 2**64:
+        n = 2**64 - offset
+    lo, hi = philox_numba.split_seed(seed)
+    out = np.full(n, np.nan, np.float32)
+    philox_numba.fill_normals_f32(lo, hi, np.uint64(offset), out)
+    want = philox.normal_eps(seed, offset, n)
+    tol = philox.EPS_TOLERANCE["float32"]
+    assert_within("eps", out, want, tol["atol"] + tol["rtol"] * np.abs(want))

@@ -24,7 +24,7 @@ F32 = np.float32
 @njit(error_model="numpy", fastmath={"contract"})
 def _exp(y, out):
     for j in range(y.size):
-        out[j] = vecmath.exp_nonpositive(y[j])
+        out[j] = vecmath.exp_f32(y[j])
 
 
 @njit(error_model="numpy", fastmath={"contract"})
@@ -143,3 +143,91 @@ def test_bits_to_float32_is_a_bit_cast():
     out = np.empty(bits.size, F32)
     cast(bits, out)
     np.testing.assert_array_equal(out.view(np.int32), bits)
+
+
+@njit(error_model="numpy", fastmath={"contract"})
+def _expm1(y, out):
+    for j in range(y.size):
+        out[j] = vecmath.expm1_f32(y[j])
+
+
+@njit(error_model="numpy", fastmath={"contract"})
+def _log(x, out):
+    for j in range(x.size):
+        out[j] = vecmath.log_f32(x[j])
+
+
+@njit(error_model="numpy", fastmath={"contract"})
+def _sincos(u, s, c):
+    for j in range(u.size):
+        s[j], c[j] = vecmath.sincos_2pi(u[j])
+
+
+@njit(error_model="numpy", fastmath={"contract"})
+def _generic(y, e, m):
+    for j in range(y.size):
+        e[j], m[j] = vecmath.exp(y[j]), vecmath.expm1(y[j])
+
+
+def test_exp_on_positive_arguments_and_overflow():
+    y = np.concatenate([np.linspace(0, 88.72, 400_001, dtype=F32),
+                        np.array([88.7228, 88.7229, 89.0, 100.0, np.inf], F32)])
+    (got,) = run(_exp, y)
+    want = np.exp(y.astype(np.float64))
+    fits = want <= np.finfo(F32).max
+    assert ulps(got[fits], want[fits]).max() <= 1.0
+    assert np.all(got[~fits] == np.inf)  # overflow: inf, as libm
+
+
+def test_expm1_is_within_two_ulps_and_exact_in_its_limits():
+    rng = np.random.default_rng(2)
+    y = np.concatenate([np.linspace(-110, 88.7, 800_001, dtype=F32),
+                        np.linspace(-1, 1, 200_001, dtype=F32),
+                        (rng.choice([-1, 1], 100_000) * F32(10) ** -rng.uniform(0, 40, 100_000)).astype(F32),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, 0.34657, -0.34657, 44.7, 44.8, 88.5], F32)])
+    (got,) = run(_expm1, y)
+    want = np.expm1(y.astype(np.float64))
+    err = ulps(got, want)
+    assert err.max() <= 2.0, (y[err.argmax()], got[err.argmax()], want[err.argmax()])
+    ext = np.array([np.inf, -np.inf, np.nan, 100.0, -200.0], F32)
+    (got,) = run(_expm1, ext)
+    assert got[0] == np.inf and got[1] == -1 and np.isnan(got[2]) and got[3] == np.inf and got[4] == -1
+
+
+def test_log_is_within_three_ulps_over_the_normal_floats():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.linspace(0.25, 4, 400_001, dtype=F32),                 # around 1: cancellation
+                        (F32(2) ** rng.uniform(-126, 128, 300_000)).astype(F32),   # every exponent
+                        np.array([np.finfo(F32).tiny, np.finfo(F32).max, 1.0, 0.5, 2.0,
+                                  np.sqrt(F32(2)), np.nextafter(np.sqrt(F32(2)), F32(2))], F32)])
+    x = x[np.isfinite(x) & (x >= np.finfo(F32).tiny)]
+    (got,) = run(_log, x)
+    want = np.log(x.astype(np.float64))
+    err = ulps(got, want)
+    assert err.max() <= 3.0, (x[err.argmax()], got[err.argmax()], want[err.argmax()])  # log1p's 3
+    assert got[x == 1].max() == 0
+
+
+def test_sincos_of_a_turn_fraction_is_within_2e_7():
+    rng = np.random.default_rng(6)
+    u = np.concatenate([np.linspace(0, 1, 1_000_001, dtype=F32), rng.random(200_000).astype(F32),
+                        np.array([0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0,
+                                  2.0**-33, 1 - 2.0**-24], F32)])
+    s, c = run(_sincos, u)
+    theta = 2 * np.pi * u.astype(np.float64)
+    assert np.abs(s - np.sin(theta)).max() <= 2e-7 and np.abs(c - np.cos(theta)).max() <= 2e-7
+    quarter = u[-11:-2]  # exact quarter turns and eighths: the signs and swaps of every quadrant
+    sq, cq = run(_sincos, quarter)
+    np.testing.assert_allclose(sq, np.sin(2 * np.pi * quarter.astype(np.float64)), atol=1e-7)
+    np.testing.assert_allclose(cq, np.cos(2 * np.pi * quarter.astype(np.float64)), atol=1e-7)
+
+
+def test_generic_exp_and_expm1_pick_the_form_by_dtype():
+    y32 = np.array([-3.0, 1e-6, 5.0], F32)
+    e32, m32 = run(_generic, y32)
+    np.testing.assert_array_equal(e32, run(_exp, y32)[0])
+    np.testing.assert_array_equal(m32, run(_expm1, y32)[0])
+    y64 = np.array([-3.0, 1e-12, 5.0])
+    e64, m64 = run(_generic, y64)
+    np.testing.assert_array_equal(e64, np.exp(y64))  # libm: correctly rounded here
+    np.testing.assert_allclose(m64, np.expm1(y64), rtol=1e-15)

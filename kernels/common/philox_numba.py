@@ -21,6 +21,13 @@ API (every function is ``@njit``; the same Python bodies compile for the GPU too
 ``fill_normals(seed_lo, seed_hi, start, out) -> None``
     ``out[:] = eps[start : start + out.size]`` (1-D ``out``, float32 or float64), one Philox call per
     group of four (a CPU loop that owns a whole row).
+``fill_normals_f32(seed_lo, seed_hi, start, out) -> None``
+    The same for a float32 ``out``, written so that LLVM vectorises it over the groups (CPU only):
+    Philox in 64-bit lanes, the radius and angle with ``common/vecmath``'s log, log1p and
+    sin/cos of a turn fraction instead of the scalar libm. Same recipe, same tolerance
+    (``EPS_TOLERANCE["float32"]``).
+``fill_stream(seed_lo, seed_hi, start, out) -> None``
+    Either of the two by ``out``'s dtype, chosen when Numba compiles the caller.
 ``split_seed(seed) -> (seed_lo, seed_hi)``
     Plain Python: the key words of a seed in [0, 2**64), as ``np.uint64`` (pass these, not the seed:
     a Python int >= 2**63 does not fit Numba's int64).
@@ -41,7 +48,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
+
+from minivae.kernels.common.vecmath import log1p_unit, log_f32, sincos_2pi
 
 # Round multipliers and key (Weyl) increments of Philox4x32 (Random123 philox.h), as uint64 so
 # every product below is the exact 64-bit product of two 32-bit words.
@@ -148,3 +158,131 @@ def split_seed(seed: int) -> tuple[np.uint64, np.uint64]:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     seed = int(seed)
     return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+
+
+# ---- the vectorised float32 fill ------------------------------------------------------------
+# LLVM vectorises the loop over groups only when a group is straight-line code in 32-bit lanes
+# stored to separate arrays: the uint64 form above (64-bit multiplies, a loop of rounds,
+# interleaved stores) stays scalar (measured: 16.7 ns a group against 2.7 ns for this one).
+
+PHILOX_M0_32, PHILOX_M1_32 = np.uint32(PHILOX_M0), np.uint32(PHILOX_M1)
+PHILOX_W0_32, PHILOX_W1_32 = np.uint32(PHILOX_W0), np.uint32(PHILOX_W1)
+SIGN32 = np.uint32(0x80000000)
+TWO31_PLUS_HALF = 2.0**31 + 0.5
+
+
+@njit(inline="always")
+def _round32(c0, c1, c2, c3, k0, k1):
+    """One Philox round on uint32 words (the 64-bit products from zero-extended words)."""
+    p0 = np.uint64(c0) * np.uint64(PHILOX_M0_32)
+    p1 = np.uint64(c2) * np.uint64(PHILOX_M1_32)
+    return (np.uint32(p1 >> SHIFT32) ^ c1 ^ k0, np.uint32(p1),
+            np.uint32(p0 >> SHIFT32) ^ c3 ^ k1, np.uint32(p0))
+
+
+@njit(inline="always")
+def _bump32(k0, k1):
+    return np.uint32(k0 + PHILOX_W0_32), np.uint32(k1 + PHILOX_W1_32)
+
+
+@njit(inline="always")
+def _philox32(c0, c1, k0, k1):
+    """philox4x32_10((c0, c1, 0, 0), (k0, k1)) on uint32 words, the ten rounds written out."""
+    c2, c3 = np.uint32(0), np.uint32(0)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    c0, c1, c2, c3 = _round32(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump32(k0, k1)
+    return _round32(c0, c1, c2, c3, k0, k1)
+
+
+@njit(inline="always")
+def _uniform_f32(x):
+    """u(x) of a uint32 word in float32: exact in float64 (through the signed word x - 2**31, which
+    converts natively), then rounded once, as ``_uniform``."""
+    return np.float32((np.float64(np.int32(x ^ SIGN32)) + TWO31_PLUS_HALF) * U32_SCALE)
+
+
+@njit(inline="always")
+def _radius_f32(x):
+    """``_radius`` of a uint32 word in float32 without branches: the log of whichever of u and
+    1 - u = u(2**32 - 1 - x) is at most 1/2."""
+    small = x < SIGN32
+    w = _uniform_f32(x if small else ~x)
+    via_log, via_log1p = -log_f32(w), -log1p_unit(-w)  # both, then a select: no branch in the loop
+    minus_log_u = via_log if small else via_log1p
+    return math.sqrt(np.float32(2.0) * minus_log_u)
+
+
+@njit(inline="always")
+def box_muller4_f32(x0, x1, x2, x3):
+    """The four float32 normals of one group's uint32 words: (r sin, r cos) of (x0, x1), of (x2, x3)."""
+    r01, r23 = _radius_f32(x0), _radius_f32(x2)
+    s01, c01 = sincos_2pi(_uniform_f32(x1))
+    s23, c23 = sincos_2pi(_uniform_f32(x3))
+    return r01 * s01, r01 * c01, r23 * s23, r23 * c23
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _groups_f32(seed_lo, seed_hi, g0, lanes):
+    """lanes[l, t] = lane l of group g0 + t (a uint64 g0; t < lanes.shape[1] <= 2**32)."""
+    g_lo, g_hi = np.uint32(g0 & MASK32), np.uint32(g0 >> SHIFT32)
+    k0, k1 = np.uint32(seed_lo), np.uint32(seed_hi)
+    for t in range(lanes.shape[1]):
+        c0 = np.uint32(g_lo + np.uint32(t))
+        c1 = np.uint32(g_hi + np.uint32(c0 < g_lo))  # the carry into the counter's high word
+        x0, x1, x2, x3 = _philox32(c0, c1, k0, k1)
+        lanes[0, t], lanes[1, t], lanes[2, t], lanes[3, t] = box_muller4_f32(x0, x1, x2, x3)
+
+
+@njit(cache=True, error_model="numpy")
+def _full_groups_f32(seed_lo, seed_hi, g0, out):
+    """out[4t .. 4t + 3] = the four normals of group g0 + t, for every t < out.size // 4: computed
+    lane by lane into a (4, groups) scratch, then interleaved."""
+    groups = out.size // 4
+    lanes = np.empty((4, groups), np.float32)
+    _groups_f32(seed_lo, seed_hi, g0, lanes)
+    for t in range(groups):
+        for lane in range(4):
+            out[4 * t + lane] = lanes[lane, t]
+
+
+@njit(cache=True, error_model="numpy")
+def fill_normals_f32(seed_lo, seed_hi, start, out):
+    """out[k] = eps[start + k] for a float32 1-D out: the whole groups vectorised, the partial
+    groups at either end (start or the end not a multiple of four) by ``fill_normals``."""
+    n = out.size
+    start = np.uint64(start)
+    lead = min(n, np.int64((np.uint64(4) - (start & LANE_MASK)) & LANE_MASK))
+    if lead > 0:
+        fill_normals(seed_lo, seed_hi, start, out[:lead])
+    whole = (n - lead) // 4 * 4
+    _full_groups_f32(seed_lo, seed_hi, (start + np.uint64(lead)) >> LANE_BITS, out[lead:lead + whole])
+    if lead + whole < n:
+        fill_normals(seed_lo, seed_hi, start + np.uint64(lead + whole), out[lead + whole:])
+
+
+def fill_stream(seed_lo, seed_hi, start, out):  # pragma: no cover - Numba compiles the overload
+    """``fill_normals_f32`` for a float32 ``out``, ``fill_normals`` otherwise (in compiled code)."""
+    fill_normals(seed_lo, seed_hi, start, out)
+
+
+@overload(fill_stream)
+def _fill_stream_overload(seed_lo, seed_hi, start, out):
+    if out.dtype == types.float32:
+        return lambda seed_lo, seed_hi, start, out: fill_normals_f32(seed_lo, seed_hi, start, out)
+    return lambda seed_lo, seed_hi, start, out: fill_normals(seed_lo, seed_hi, start, out)
