@@ -10,6 +10,7 @@ so the results equal ``optim.Adam``'s bit for bit (tests/test_kernels_numba_cpu.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -79,8 +80,14 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, lr: floa
     flat = [_flat(name, a, p) for name, a in (("p", p), ("g", g), ("m", m), ("v", v))]
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (the step being taken), got {step!r}")
+    kernel = _adam_parallel if p.size >= PARALLEL_MIN_ELEMENTS else _adam_serial
+    kernel(*flat, _kernel_scalars(lr, beta1, beta2, eps, weight_decay, bool(decoupled), int(step), p.dtype))
+
+
+@functools.lru_cache(maxsize=8)
+def _kernel_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step, dtype) -> tuple:
+    """The kernel's scalar tuple ``s`` (see ``_entry``), checked; cached, because every parameter of
+    one optimiser step asks for the same one (it was a third of the call's Python time)."""
     check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     scalars, mode = step_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step)
-    s = (*(p.dtype.type(c) for c in scalars), abs(scalars[0]) < 0.5, mode)
-    kernel = _adam_parallel if p.size >= PARALLEL_MIN_ELEMENTS else _adam_serial
-    kernel(*flat, s)
+    return (*(dtype.type(c) for c in scalars), abs(scalars[0]) < 0.5, mode)
