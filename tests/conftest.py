@@ -1,12 +1,37 @@
 """Hypothesis profiles: ``ci`` (default, bounded so the suite stays fast on 2 cores), ``dev`` and
-``thorough`` (HYPOTHESIS_PROFILE=thorough pytest) for a long hunt."""
+``thorough`` (HYPOTHESIS_PROFILE=thorough pytest) for a long hunt.
 
+Numba's on-disk cache of the kernels goes to a folder named by a hash of every kernels/*.py file:
+Numba checks only the time stamp of the file that defines a cached function, while the kernels
+inline functions from other files (common/vecmath.py, common/philox_numba.py, ...), so after an
+edit there the default cache would hand the tests the old machine code. Set NUMBA_CACHE_DIR to
+choose another folder.
+"""
+
+import hashlib
 import os
+import pathlib
+import sys
+import tempfile
 
-import pytest
-from hypothesis import HealthCheck, settings
 
-from minivae import backends
+def _numba_cache_dir() -> str:
+    kernels = pathlib.Path(__file__).resolve().parent.parent / "kernels"
+    digest = hashlib.sha256()
+    for f in sorted(kernels.rglob("*.py")):
+        digest.update(f.relative_to(kernels).as_posix().encode() + b"\0" + f.read_bytes())
+    return os.path.join(tempfile.gettempdir(), f"minivae-numba-cache-{digest.hexdigest()[:16]}")
+
+
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()  # subprocesses (CLI tests) inherit it
+    if "numba" in sys.modules:  # already imported (a plugin): its config was read without it
+        sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from minivae import backends  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True,

@@ -401,9 +401,11 @@ def test_every_kernel_writes_every_output_element(dtype, serial):
             g, db = np.full_like(y, np.nan), np.full(m, np.nan, dtype)
             pick(linear_cpu._backward_serial, linear_cpu._backward_parallel)(y, written, code, g, db)
             assert np.isfinite(g).all() and np.isfinite(db).all(), act
-    x = (rng.random((n, m)) < 0.5).astype(dtype)
-    logp, dlogits = np.full(n, np.nan, dtype), np.full((n, m), np.nan, dtype)
-    likelihood_cpu.kernel(dtype, not serial)(x, y, dtype(-0.5), logp, dlogits)
+    rows = 2 * likelihood_cpu.ROW_BLOCK + 3  # the parallel float32 kernel: three row blocks, one short
+    y_b = rng.standard_normal((rows, m)).astype(dtype)
+    x = (rng.random((rows, m)) < 0.5).astype(dtype)
+    logp, dlogits = np.full(rows, np.nan, dtype), np.full((rows, m), np.nan, dtype)
+    likelihood_cpu.kernel(dtype, not serial)(x, y_b, dtype(-0.5), logp, dlogits)
     assert np.isfinite(logp).all() and np.isfinite(dlogits).all()
     h = latent_inputs(3, n, d, dtype)
     z, kl = np.full((2, n, d), np.nan, dtype), np.full(n, np.nan, dtype)
@@ -455,7 +457,7 @@ def test_float32_box_muller_meets_the_stream_tolerance_on_the_hard_words():
 
 @pytest.mark.parametrize(("seed", "offset"), [(0, 0), (12345, 1), (2**64 - 1, 2), (99, 3),
                                               (7, 4 * (2**32 - 5) + 3),  # the group counter's carry
-                                              (5, 2**64 - 1003)])
+                                              (5, 2**64 - 1003), (3, 2**64 - 9)])
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 9, 1000])
 def test_vectorised_float32_fill_is_the_stream(seed, offset, n):
     """Partial groups at either end (every start lane, every length mod 4), the counter's low word
@@ -468,3 +470,34 @@ def test_vectorised_float32_fill_is_the_stream(seed, offset, n):
     want = philox.normal_eps(seed, offset, n)
     tol = philox.EPS_TOLERANCE["float32"]
     assert_within("eps", out, want, tol["atol"] + tol["rtol"] * np.abs(want))
+
+
+def test_a_float32_stream_element_has_the_same_bits_whatever_range_draws_it():
+    """A resumed run or another batch size draws the same element from another start: every start
+    lane and length against one long draw, bit for bit."""
+    lo, hi = philox_numba.split_seed(2024)
+    ref = np.empty(64, np.float32)
+    philox_numba.fill_normals_f32(lo, hi, np.uint64(1000), ref)
+    for start in range(9):
+        for n in range(0, 14):
+            out = np.full(n, np.nan, np.float32)
+            philox_numba.fill_normals_f32(lo, hi, np.uint64(1000 + start), out)
+            np.testing.assert_array_equal(out, ref[start:start + n])
+
+
+def test_adam_takes_hyperparameters_as_python_floats_of_any_numeric_type():
+    """np.float32(0.5), 0.5 and a 0-d array give the same step (optim.Adam's double-precision
+    scalars), whichever came first: the cached scalars are keyed by value as a Python float."""
+    results = []
+    for lr in (np.float32(0.5), 0.5, np.array(0.5)):
+        p, g = np.ones(5), np.linspace(-1, 1, 5)
+        m, v = np.zeros(5), np.zeros(5)
+        optim_cpu.adam(p, g, m, v, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                       decoupled=False, step=3)
+        results.append(p)
+    want = {"w": np.ones(5)}
+    opt = optim.Adam(want, lr=0.5)
+    opt._step = 2
+    opt.step({"w": np.linspace(-1, 1, 5)})
+    for got in results:
+        np.testing.assert_array_equal(got, want["w"])

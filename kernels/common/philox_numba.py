@@ -23,7 +23,7 @@ API (every function is ``@njit``; the same Python bodies compile for the GPU too
     group of four (a CPU loop that owns a whole row).
 ``fill_normals_f32(seed_lo, seed_hi, start, out) -> None``
     The same for a float32 ``out``, written so that LLVM vectorises it over the groups (CPU only):
-    Philox in 64-bit lanes, the radius and angle with ``common/vecmath``'s log, log1p and
+    Philox on uint32 words, the radius and angle with ``common/vecmath``'s log, log1p and
     sin/cos of a turn fraction instead of the scalar libm. Same recipe, same tolerance
     (``EPS_TOLERANCE["float32"]``).
 ``fill_stream(seed_lo, seed_hi, start, out) -> None``
@@ -263,17 +263,23 @@ def _full_groups_f32(seed_lo, seed_hi, g0, out):
 
 @njit(cache=True, error_model="numpy")
 def fill_normals_f32(seed_lo, seed_hi, start, out):
-    """out[k] = eps[start + k] for a float32 1-D out: the whole groups vectorised, the partial
-    groups at either end (start or the end not a multiple of four) by ``fill_normals``."""
+    """out[k] = eps[start + k] for a float32 1-D out: the whole groups vectorised; a partial group
+    at either end (start or the end not a multiple of four) is computed whole by the same formulas
+    and the lanes inside the range copied, so element e has the same bits whatever the range that
+    draws it (a resumed run, another batch size)."""
     n = out.size
     start = np.uint64(start)
-    lead = min(n, np.int64((np.uint64(4) - (start & LANE_MASK)) & LANE_MASK))
+    first_lane = np.int64(start & LANE_MASK)
+    lead = min(n, (4 - first_lane) % 4)
+    group = np.empty(4, np.float32)
     if lead > 0:
-        fill_normals(seed_lo, seed_hi, start, out[:lead])
+        _full_groups_f32(seed_lo, seed_hi, start >> LANE_BITS, group)
+        out[:lead] = group[first_lane:first_lane + lead]
     whole = (n - lead) // 4 * 4
     _full_groups_f32(seed_lo, seed_hi, (start + np.uint64(lead)) >> LANE_BITS, out[lead:lead + whole])
     if lead + whole < n:
-        fill_normals(seed_lo, seed_hi, start + np.uint64(lead + whole), out[lead + whole:])
+        _full_groups_f32(seed_lo, seed_hi, (start + np.uint64(lead + whole)) >> LANE_BITS, group)
+        out[lead + whole:] = group[:n - lead - whole]
 
 
 def fill_stream(seed_lo, seed_hi, start, out):  # pragma: no cover - Numba compiles the overload

@@ -5,8 +5,9 @@ NumPy reference: ``minivae.backends.NUMPY.latent_forward/latent_backward`` (comp
 the Philox stream ``key = (seed, offset)``: element ``e`` of the C-order flat (L, N, d) tensor is
 stream element ``offset + e`` (``minivae.philox``). The forward keeps the noise it used (L N d
 floats, as the NumPy reference does) and the backward reads it: on the CPU, running Philox and
-Box-Muller again cost more than the memory (measured on 2 cores at 1024 x 20: the backward took
-~1 ms regenerating eps, ~0.05 ms reading it). The GPU kernels regenerate it instead.
+Box-Muller again cost more than the memory (measured on one core at 1024 x 20, float32: the
+backward took ~0.5 ms regenerating eps with the libm forms, ~0.1 ms reading it, vectorised). The
+GPU kernels regenerate it instead.
 
 The forward draws the whole (L, N, d) noise tensor in one call (it is one contiguous range of the
 stream), then makes one pass over the rows of h: per example the KL sum and the L sample rows; the
@@ -14,8 +15,8 @@ backward's pass adds the sums over samples. Float32 arrays compute in float32, w
 forms of ``common/vecmath`` (exp, expm1) and ``philox_numba.fill_normals_f32`` (the Philox float32
 recipe); float64 in float64 on libm. The KL sum accumulates in float64 and is rounded once. The rows
 are tiny (d ~ 2..100) and the whole op is a few tens of microseconds at training sizes, so it runs
-on one thread (measured on 2 cores at 1024 x 20, float32: forward ~0.95 ms -> ~0.1 ms, backward
-~0.5 ms -> ~0.03 ms against the libm forms that regenerated the noise).
+on one thread (measured at 1024 x 20, float32: forward ~0.95 ms -> ~0.15 ms, backward ~0.5 ms ->
+~0.1 ms against the libm forms that regenerated the noise).
 """
 
 from __future__ import annotations

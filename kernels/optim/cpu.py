@@ -80,14 +80,17 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, lr: floa
     flat = [_flat(name, a, p) for name, a in (("p", p), ("g", g), ("m", m), ("v", v))]
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (the step being taken), got {step!r}")
+    check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    # Python floats, as optim.Adam holds them: the scalars are computed in double precision
+    hyper = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay))
     kernel = _adam_parallel if p.size >= PARALLEL_MIN_ELEMENTS else _adam_serial
-    kernel(*flat, _kernel_scalars(lr, beta1, beta2, eps, weight_decay, bool(decoupled), int(step), p.dtype))
+    kernel(*flat, _kernel_scalars(*hyper, bool(decoupled), int(step), p.dtype))
 
 
 @functools.lru_cache(maxsize=8)
 def _kernel_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step, dtype) -> tuple:
-    """The kernel's scalar tuple ``s`` (see ``_entry``), checked; cached, because every parameter of
-    one optimiser step asks for the same one (it was a third of the call's Python time)."""
-    check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    """The kernel's scalar tuple ``s`` (see ``_entry``) from checked Python floats; cached, because
+    every parameter of one optimiser step asks for the same one (it was a third of the call's
+    Python time)."""
     scalars, mode = step_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step)
     return (*(dtype.type(c) for c in scalars), abs(scalars[0]) < 0.5, mode)
