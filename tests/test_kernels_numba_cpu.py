@@ -31,9 +31,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("numba")
 
-from trajectory import assert_follows_numpy, assert_one_loss_matches_numpy  # noqa: E402
-
 from numba import njit  # noqa: E402
+from trajectory import assert_follows_numpy, assert_one_loss_matches_numpy  # noqa: E402
 
 from minivae import latent, optim, philox  # noqa: E402
 from minivae.backends import NUMPY, get_backend  # noqa: E402
@@ -274,6 +273,7 @@ def _adam(**changed):
                                         1.0, latent_cpu.latent_forward(np.zeros((2, 4)), 1, key=(0, 0))[2]),
      "dz must have"),
     (lambda: likelihood_cpu.bernoulli(np.zeros((2, 3)), np.zeros((2, 4)), -1.0), "same shape"),
+    (lambda: likelihood_cpu.bernoulli(np.zeros((2, 3)), np.zeros((2, 3), np.int64), -1.0), "float32 or float64"),
     (lambda: _adam(g=np.zeros(4)), "g must be"),
     (lambda: _adam(step=0), "step"),
     (lambda: _adam(beta1=1.0), r"betas must be in \[0, 1\)"),

@@ -212,28 +212,36 @@ def sum_f64(a):
 
 
 # Generic forms for kernels compiled for both dtypes: Numba picks the body by the argument's type
-# when it compiles the caller (float32: the vectorisable forms above; otherwise libm).
+# when it compiles the caller (float32: the vectorisable forms above; otherwise libm, the accurate
+# path: glibc's double exp, expm1 and log1p are within an ulp).
 
 
-def exp(y):  # pragma: no cover - the Python body is never run; Numba compiles the overload
-    """e^y: ``exp_f32`` for float32, ``math.exp`` otherwise (inside Numba-compiled code)."""
-    return math.exp(y)
+@njit(inline="always")
+def softplus_sigmoid_libm(v):
+    """(softplus(v), sigmoid(v)) on libm, sharing one exp(-|v|): the same stable forms."""
+    one = type(v)(1.0)
+    e = math.exp(-abs(v))
+    return max(v, type(v)(0.0)) + math.log1p(e), (one / (one + e) if v >= 0 else e / (one + e))
 
 
-def expm1(y):  # pragma: no cover - as exp
-    """e^y - 1: ``expm1_f32`` for float32, ``math.expm1`` otherwise (inside Numba-compiled code)."""
-    return math.expm1(y)
+def float32_or(f32_form, libm_form, name: str):
+    """A function of one argument that compiled code runs as ``f32_form`` for a float32 argument
+    and as ``libm_form`` otherwise (plain Python runs ``libm_form``)."""
+    def generic(x):
+        return libm_form(x)
+
+    generic.__name__ = generic.__qualname__ = name
+    generic.__doc__ = f"{name}: ``{f32_form.__name__}`` for float32, ``{libm_form.__name__}`` otherwise."
+
+    @overload(generic)
+    def _by_dtype(x):
+        if x == types.float32:
+            return lambda x: f32_form(x)
+        return lambda x: libm_form(x)
+
+    return generic
 
 
-@overload(exp)
-def _exp_overload(y):
-    if y == types.float32:
-        return lambda y: exp_f32(y)
-    return lambda y: math.exp(y)
-
-
-@overload(expm1)
-def _expm1_overload(y):
-    if y == types.float32:
-        return lambda y: expm1_f32(y)
-    return lambda y: math.expm1(y)
+exp = float32_or(exp_f32, math.exp, "exp")
+expm1 = float32_or(expm1_f32, math.expm1, "expm1")
+softplus_sigmoid = float32_or(softplus_sigmoid_f32, softplus_sigmoid_libm, "softplus_sigmoid")

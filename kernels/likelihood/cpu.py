@@ -11,7 +11,7 @@ Two element functions, one per dtype:
   reassociation, no finite-math assumptions). The per-element terms of a row go to a scratch row
   that ``vecmath.sum_f64`` adds up in float64 (a reduction in the same loop would keep the loop
   scalar). Measured on 2 cores at 128 x 784: ~0.2 ms against ~1.3 ms for the libm form.
-- float64 (gradient checks, accuracy): ``linear.cpu.softplus_sigmoid``, on the scalar libm.
+- float64 (gradient checks, accuracy): ``vecmath.softplus_sigmoid_libm``, on the scalar libm.
 
 Float32 arrays compute in float32, float64 in float64; the row sum accumulates in float64 and is
 rounded once.
@@ -23,8 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
-from minivae.kernels.common.vecmath import softplus_sigmoid_f32, sum_f64
-from minivae.kernels.linear.cpu import softplus_sigmoid
+from minivae.kernels.common.vecmath import softplus_sigmoid_f32, softplus_sigmoid_libm, sum_f64
 
 # Rows are shared between threads from this many elements on; below it one thread is faster than
 # waking the pool (10-185 us on 2 cores, common/numba_threads.py; the float64 libm form takes
@@ -45,7 +44,7 @@ def _row(x, logits, dlogp, logp, dlogits, i):
     acc = 0.0
     for j in range(logits.shape[1]):
         v, xv = logits[i, j], x[i, j]
-        softplus, sigmoid = softplus_sigmoid(v)
+        softplus, sigmoid = softplus_sigmoid_libm(v)
         acc += xv * v - softplus
         dlogits[i, j] = dlogp * (xv - sigmoid)
     logp[i] = acc
@@ -118,5 +117,6 @@ def bernoulli(x: np.ndarray, logits: np.ndarray, dlogp: float) -> tuple[np.ndarr
     if logits.dtype not in (np.float32, np.float64):
         raise ValueError(f"logits must be float32 or float64, got {logits.dtype}")
     logp, dlogits = np.empty(logits.shape[0], logits.dtype), np.empty_like(logits)
-    kernel(logits.dtype, _parallel(logits.dtype, logits.size))(x, logits, logits.dtype.type(dlogp), logp, dlogits)
+    run = kernel(logits.dtype, _parallel(logits.dtype, logits.size))
+    run(x, logits, logits.dtype.type(dlogp), logp, dlogits)
     return logp, dlogits

@@ -19,15 +19,13 @@ Float32 arrays are computed in float32 (constants cast to the array's type), flo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
-from minivae.kernels.common.vecmath import expm1_f32, softplus_sigmoid_f32
+from minivae.kernels.common.vecmath import expm1, softplus_sigmoid
 from minivae.layers import ACTIVATIONS
 
 # Activation codes: Numba kernels branch on an int, not a name.
@@ -49,75 +47,16 @@ COLUMN_BLOCK = 64
 _JIT = {"cache": True, "fastmath": {"contract"}, "error_model": "numpy"}
 
 
-# Transcendentals. Float32 arrays take the vectorisable forms of common/vecmath (the loops below
-# then compile to 8-lane code). Float64 arrays take libm: Numba calls the scalar libm for math.*
-# (the PyPI llvmlite has no SVML), where expm1 and log1p are the old fdlibm code at ~10 ns an
-# element against ~2 ns for exp and log, so expm1 and log1p are built from exp and log with Kahan's
-# correction (Higham, "Accuracy and Stability of Numerical Algorithms", 1.14.1), accurate to a
-# few ulps, and tanh from expm1. ``_expm1_any`` and ``_softplus_sigmoid_any`` pick the form by
-# the argument's type when Numba compiles the kernel.
-
-
-@njit(inline="always")
-def expm1(y):
-    """e^y - 1 for y <= 0 (callers never pass more): (u - 1) y / log u with u = e^y rounded."""
-    one = type(y)(1.0)
-    u = math.exp(y)
-    if u == one:
-        return y
-    um1 = u - one
-    if um1 == -one:
-        return um1  # u rounds to 0 or is below half an ulp of 1: e^y - 1 = -1 to working precision
-    return um1 * (y / math.log(u))
-
-
-@njit(inline="always")
-def log1p(e):
-    """log(1 + e) for e >= 0: log(u) e / (u - 1) with u = 1 + e rounded."""
-    one = type(e)(1.0)
-    u = one + e
-    if u == one:
-        return e
-    return math.log(u) * (e / (u - one))
-
-
-@njit(inline="always")
-def softplus_sigmoid(v):
-    """(softplus(v), sigmoid(v)) sharing one exp(-|v|): stable (exp of a non-positive number only)."""
-    one = type(v)(1.0)
-    e = math.exp(-abs(v))
-    return max(v, type(v)(0.0)) + log1p(e), (one / (one + e) if v >= 0 else e / (one + e))
-
-
-def _expm1_any(y):  # pragma: no cover - Numba compiles the overload
-    """e^y - 1 for y <= 0: vecmath's ``expm1_f32`` for float32, ``expm1`` (libm) otherwise."""
-    return expm1(y)
-
-
-@overload(_expm1_any)
-def _expm1_any_overload(y):
-    if y == types.float32:
-        return lambda y: expm1_f32(y)
-    return lambda y: expm1(y)
-
-
-def _softplus_sigmoid_any(v):  # pragma: no cover - Numba compiles the overload
-    """(softplus(v), sigmoid(v)): vecmath's float32 form for float32, ``softplus_sigmoid`` otherwise."""
-    return softplus_sigmoid(v)
-
-
-@overload(_softplus_sigmoid_any)
-def _softplus_sigmoid_any_overload(v):
-    if v == types.float32:
-        return lambda v: softplus_sigmoid_f32(v)
-    return lambda v: softplus_sigmoid(v)
+# Transcendentals: common/vecmath's generic expm1 and softplus_sigmoid, which compile to the
+# vectorisable float32 forms for float32 arrays (the loops below then run 8 lanes at a time) and to
+# libm for float64; tanh is built from expm1.
 
 
 @njit(inline="always")
 def _tanh(v):
     """tanh(|v|) = -t / (2 + t) with t = expm1(-2 |v|): no cancellation near 0, no overflow."""
     two = type(v)(2.0)
-    t = _expm1_any(-two * abs(v))
+    t = expm1(-two * abs(v))
     r = -t / (two + t)
     return r if v >= 0 else -r
 
@@ -153,7 +92,7 @@ def _leaky_relu_grad(dy, s):
 
 @njit(inline="always")
 def _elu(v):
-    return v if v > 0 else type(v)(ELU_ALPHA) * _expm1_any(min(v, type(v)(0.0)))
+    return v if v > 0 else type(v)(ELU_ALPHA) * expm1(v)
 
 
 @njit(inline="always")
@@ -168,7 +107,7 @@ def _tanh_grad(dy, s):
 
 @njit(inline="always")
 def _sigmoid(v):
-    return _softplus_sigmoid_any(v)[1]
+    return softplus_sigmoid(v)[1]
 
 
 @njit(inline="always")
@@ -178,12 +117,12 @@ def _sigmoid_grad(dy, s):
 
 @njit(inline="always")
 def _softplus(v):
-    return _softplus_sigmoid_any(v)[0]
+    return softplus_sigmoid(v)[0]
 
 
 @njit(inline="always")
 def _softplus_grad(dy, s):
-    return dy * _softplus_sigmoid_any(s)[1]  # softplus' = sigmoid
+    return dy * softplus_sigmoid(s)[1]  # softplus' = sigmoid
 
 
 # Row loops, specialised per activation: Numba compiles one loop per function it is handed, so a
