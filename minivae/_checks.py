@@ -13,9 +13,21 @@ FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 def positive_int(name: str, value: object) -> int:
     """``value`` as an int >= 1, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def is_int(value: object) -> bool:
+    """True for a Python or NumPy integer, False for anything else, bool included."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def seed(name: str, value: object) -> int:
+    """``value`` as an int >= 0 (a seed, an index), else ValueError."""
+    if not is_int(value) or value < 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
 
 
 def non_negative_float(name: str, value: object) -> float:

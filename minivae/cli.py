@@ -3,9 +3,10 @@
 Every user error ends as one line on stderr and exit code 2 (no traceback); nothing is written
 before the arguments and inputs are known to be good.
 
-Exit status: 0 done; 1 training stopped on a NaN/inf loss or gradient (its last good checkpoint
-kept), or gradcheck found a wrong gradient; 2 bad arguments or inputs; 130 interrupted by Ctrl-C
-or SIGTERM (training saved a checkpoint: ``minivae train --resume RUN`` continues).
+Results go to stdout, progress and logs to stderr, so ``minivae train > log.txt`` keeps the
+result. Exit status: 0 done; 1 training stopped on a NaN/inf loss or gradient, or gradcheck found
+a wrong gradient; 2 bad arguments or inputs; 130 interrupted by Ctrl-C or SIGTERM (training saved
+a checkpoint when it had taken a step: ``minivae train --resume RUN`` continues).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ else:  # pragma: no cover
 EXIT_NONFINITE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
+INTERRUPTED_MESSAGE = "minivae: interrupted"
 
 
 class UsageError(ValueError):
@@ -44,7 +46,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits 2 with usage on errors; print one line instead, like every other error."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        # "minivae: error: train: argument --lr: ...": the command, not the program name twice
+        command = self.prog.removeprefix("minivae").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,37 +293,42 @@ def _evaluate(args) -> int:
 # gradcheck, info, data
 
 
+# The train flags that define a model; `minivae gradcheck` takes them too, with train's defaults.
+MODEL_FLAGS = ("hidden", "z_dim", "activation", "likelihood", "sigma", "n_samples", "beta")
+
+
 def _gradcheck_parser(sub) -> None:
-    from minivae.layers import ACTIVATIONS
-    from minivae.likelihoods import LIKELIHOODS
+    from minivae.train import TrainConfig
 
     p = sub.add_parser("gradcheck", help="check the VAE's gradients against finite differences",
-                       description="Build a float64 VAE of the given shape, draw a random batch in "
-                       "the likelihood's support and fixed noise eps, and compare the gradient of "
-                       "the loss w.r.t. every parameter with central finite differences. Prints "
-                       "one row per parameter (per direction with --mode directional); exits 0 "
-                       "if every row passes, 1 if any fails.")
-    p.add_argument("--x-dim", type=_positive_int, default=12, metavar="D",
-                   help="data dimension (default: 12)")
-    p.add_argument("--z-dim", type=_positive_int, default=3, metavar="Z",
-                   help="latent dimension (default: 3)")
-    p.add_argument("--hidden", type=_csv_ints, default=(8, 6), metavar="W,W,...",
-                   help="hidden widths, comma-separated (default: 8,6)")
-    p.add_argument("--activation", choices=tuple(ACTIVATIONS), default="tanh",
-                   help="hidden activation (default: tanh)")
-    p.add_argument("--likelihood", choices=tuple(LIKELIHOODS), default="bernoulli",
-                   help="p(x|z) (default: bernoulli)")
-    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=False,
+                       description="Compare the gradient of the loss w.r.t. every parameter with "
+                       "central finite differences, in float64, on a batch in the likelihood's "
+                       "support with fixed noise eps. With RUN: the model a `minivae train` run "
+                       "trained, at its trained weights, on a batch of its data. Without: a "
+                       "fresh model built from train's model flags (same names, same defaults) "
+                       "on random data of --x-dim dimensions. Prints one row per parameter (per "
+                       "direction with --mode directional); exits 0 if every row passes, 1 if any "
+                       "fails.")
+    p.add_argument("run", type=Path, nargs="?", metavar="RUN",
+                   help="a run directory made by `minivae train` (its model flags are then "
+                        "refused: they come from the run)")
+    defaults = TrainConfig()
+    for name in MODEL_FLAGS:
+        typ, help_ = TRAIN_FLAGS[name]
+        d = getattr(defaults, name)
+        shown = ",".join(map(str, d)) if isinstance(d, tuple) else d
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
+                       help=f"{help_} (default: {shown})")
+    p.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
                    help=f"a conditional VAE with {commands.GRADCHECK_CLASSES} classes "
                         "(default: off)")
-    p.add_argument("--n-samples", type=_positive_int, default=1, metavar="L",
-                   help="samples of z per example (default: 1)")
-    p.add_argument("--beta", type=_non_negative_float, default=1.0,
-                   help="weight of the KL term (default: 1.0)")
-    p.add_argument("--batch", type=_positive_int, default=4, metavar="N",
-                   help="examples in the batch (default: 4)")
+    p.add_argument("--x-dim", type=_positive_int, default=None, metavar="D",
+                   help=f"data dimension, without RUN (default: {commands.GRADCHECK_X_DIM}, "
+                        "the bundled digits')")
+    p.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+                   help="examples in the checked batch (default: 4)")
     p.add_argument("--seed", type=_seed, default=0, metavar="S",
-                   help="seed of the weights, data, labels and eps (default: 0)")
+                   help="seed of the weights (without RUN), data, labels and eps (default: 0)")
     p.add_argument("--mode", choices=("full", "directional"), default="full",
                    help=f"full: every element; directional: {commands.GRADCHECK_DIRECTIONS} "
                         "random directions through all parameters (default: full)")
@@ -327,10 +336,17 @@ def _gradcheck_parser(sub) -> None:
 
 
 def _gradcheck(args) -> int:
-    result = commands.gradcheck_model(
-        x_dim=args.x_dim, z_dim=args.z_dim, hidden=args.hidden, activation=args.activation,
-        likelihood=args.likelihood, conditional=args.conditional, n_samples=args.n_samples,
-        beta=args.beta, batch=args.batch, seed=args.seed, mode=args.mode)
+    model = {k: getattr(args, k) for k in (*MODEL_FLAGS, "conditional", "x_dim")
+             if getattr(args, k) is not None}
+    common = {"batch_size": args.batch_size, "seed": args.seed, "mode": args.mode}
+    if args.run is not None:
+        if model:
+            given = ", ".join(f"--{k.replace('_', '-')}" for k in model)
+            raise UsageError(f"gradcheck RUN checks the run's own model: {given} cannot be given "
+                             "with it (only --batch-size, --seed and --mode can)")
+        result = commands.gradcheck_run(args.run, **common)
+    else:
+        result = commands.gradcheck_model(**model, **common)
     print(result)
     return 0 if result.ok else 1
 
@@ -395,9 +411,13 @@ def _data_fetch(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import minivae
+
     parser = _Parser(prog="minivae", description="A Variational Autoencoder with hand-written "
-                     "backprop in NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+                     "backprop in NumPy.", epilog="`minivae COMMAND --help` shows a command's flags.")
+    parser.add_argument("--version", action="version", version=f"minivae {minivae.__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, title="commands",
+                                metavar="COMMAND")
     for add in (_train_parser, _sample_parser, _reconstruct_parser, _evaluate_parser,
                 _gradcheck_parser, _info_parser, _data_parser):
         add(sub)
@@ -405,11 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (see the module's docstring)."""
     from minivae.data import DataError
     from minivae.train import NonFiniteError, RunError
 
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # bare `minivae`: show the commands
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         return args.func(args)
     except (UsageError, DataError, RunError, ValueError) as e:
         return _die(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -418,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NONFINITE
     except OSError as e:
         return _die(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handler (loading, evaluate, ...)
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -7,6 +7,7 @@ argument, what it was and what was expected. The ``*_text`` functions format res
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import math
@@ -23,8 +24,6 @@ import minivae
 from minivae import _checks, data
 from minivae.backends import BACKENDS, BackendUnavailable, get_backend
 from minivae.gradcheck import GradcheckResult, gradcheck
-from minivae.layers import ACTIVATIONS
-from minivae.likelihoods import LIKELIHOODS
 from minivae.model import VAE
 from minivae.train import (
     CHECKPOINT,
@@ -42,15 +41,11 @@ from minivae.train import (
 # Labels of a conditional gradcheck model: three classes, so that a mix-up between one-hot columns
 # (not only between "a label" and "no label") changes the loss.
 GRADCHECK_CLASSES = 3
+# The data dimension of a fresh gradcheck model: the bundled digits' 8x8 pixels.
+GRADCHECK_X_DIM = 64
 # Directions of the directional mode: a wrong gradient shows in every direction with probability
 # one; several guard against one draw nearly orthogonal to the error.
 GRADCHECK_DIRECTIONS = 4
-
-
-def _seed(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,7 +118,7 @@ def sample(run_dir: str | os.PathLike, *, n: int = 64, label: int | None = None,
     Default ``out``: <run_dir>/samples-<seed>.png. Returns the path written.
     """
     n = _checks.positive_int("n", n)
-    seed = _seed("seed", seed)
+    seed = _checks.seed("seed", seed)
     run = load_run(run_dir)
     if label is not None:
         k = run.model.n_classes
@@ -167,7 +162,7 @@ def evaluate(run_dir: str | os.PathLike, *, iwae_k: int = 5000, batch_size: int 
     iwae_k = _checks.positive_int("iwae_k", iwae_k)
     batch_size = _checks.positive_int("batch_size", batch_size)
     run = load_run(run_dir)
-    seed = run.config.seed if seed is None else _seed("seed", seed)
+    seed = run.config.seed if seed is None else _checks.seed("seed", seed)
     test_ds, x = run_test_split(run)
     model = run.model
     elbo = eval_elbo(model, test_ds, x, seed, TEST_ELBO_SALT)
@@ -200,37 +195,72 @@ def evaluation_text(r: dict[str, Any]) -> str:
 # gradient check of a freshly built model
 
 
-def gradcheck_model(*, x_dim: int = 12, z_dim: int = 3, hidden=(8, 6), activation: str = "tanh",
-                    likelihood: str = "bernoulli", conditional: bool = False, n_samples: int = 1,
-                    beta: float = 1.0, batch: int = 4, seed: int = 0,
+def _gradcheck(model: VAE, x: np.ndarray, y: np.ndarray | None, *, n_samples: int, beta: float,
+               rng: np.random.Generator, mode: str) -> GradcheckResult:
+    """The check itself: eps drawn once from ``rng`` and held fixed, then every parameter."""
+    eps = model.draw_eps(len(x), rng, n_samples)
+    grads = model.loss(x, y, eps=eps, beta=beta).grads
+    return gradcheck(lambda: model.loss(x, y, eps=eps, beta=beta).loss, model.params, grads,
+                     mode=mode, n_directions=GRADCHECK_DIRECTIONS, rng=rng)
+
+
+def gradcheck_model(*, x_dim: int = GRADCHECK_X_DIM, hidden=TrainConfig.hidden,
+                    z_dim: int = TrainConfig.z_dim, activation: str = TrainConfig.activation,
+                    likelihood: str = TrainConfig.likelihood, sigma: float = TrainConfig.sigma,
+                    conditional: bool = False, n_samples: int = TrainConfig.n_samples,
+                    beta: float = TrainConfig.beta, batch_size: int = 4, seed: int = 0,
                     mode: str = "full") -> GradcheckResult:
     """Check VAE.loss's gradient of every parameter against finite differences, in float64.
 
-    The model, a random batch in the likelihood's support (binary for bernoulli, in (0, 1) for
-    cbernoulli, standard normal for the gaussians), labels (when ``conditional``) and the noise
-    eps are all drawn from np.random.default_rng(seed) and then held fixed.
+    The model flags and their defaults are ``minivae train``'s (TrainConfig's). The model, a random
+    batch in the likelihood's support (binary for bernoulli, in (0, 1) for cbernoulli, standard
+    normal for the gaussians), labels (when ``conditional``) and the noise eps are all drawn from
+    np.random.default_rng(seed) and then held fixed.
     """
-    _checks.choice("activation", activation, tuple(ACTIVATIONS))
-    _checks.choice("likelihood", likelihood, tuple(LIKELIHOODS))
+    # checked as `minivae train` checks them: the same messages
+    c = TrainConfig(hidden=tuple(hidden), z_dim=z_dim, activation=activation, likelihood=likelihood,
+                    sigma=sigma, n_samples=n_samples, beta=beta)
     _checks.choice("mode", mode, ("full", "directional"))
-    batch = _checks.positive_int("batch", batch)
-    n_samples = _checks.positive_int("n_samples", n_samples)
-    beta = _checks.non_negative_float("beta", beta)
-    rng = np.random.default_rng(_seed("seed", seed))
-    model = VAE(x_dim, z_dim, hidden, activation=activation, likelihood=likelihood,
-                n_classes=GRADCHECK_CLASSES if conditional else 0, dtype="float64", rng=rng)
-    shape = (batch, model.x_dim)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    rng = np.random.default_rng(_checks.seed("seed", seed))
+    model = VAE(x_dim, c.z_dim, c.hidden, activation=c.activation, likelihood=c.likelihood,
+                sigma=c.sigma, n_classes=GRADCHECK_CLASSES if conditional else 0, dtype="float64",
+                rng=rng)
+    shape = (batch_size, model.x_dim)
     if likelihood == "bernoulli":
         x = (rng.random(shape) < 0.5).astype(np.float64)
     elif likelihood == "cbernoulli":
         x = rng.uniform(0.05, 0.95, shape)
     else:
         x = rng.standard_normal(shape)
-    y = rng.integers(0, GRADCHECK_CLASSES, batch) if conditional else None
-    eps = model.draw_eps(batch, rng, n_samples)
-    grads = model.loss(x, y, eps=eps, beta=beta).grads
-    return gradcheck(lambda: model.loss(x, y, eps=eps, beta=beta).loss, model.params, grads,
-                     mode=mode, n_directions=GRADCHECK_DIRECTIONS, rng=rng)
+    y = rng.integers(0, GRADCHECK_CLASSES, batch_size) if conditional else None
+    return _gradcheck(model, x, y, n_samples=c.n_samples, beta=c.beta, rng=rng, mode=mode)
+
+
+def gradcheck_run(run_dir: str | os.PathLike, *, batch_size: int = 4, seed: int = 0,
+                  mode: str = "full") -> GradcheckResult:
+    """Check the gradients of a trained run's model at its trained weights, in float64.
+
+    The model is the run's (its configuration, its checkpoint's weights cast to float64, on the
+    numpy backend); the batch is ``batch_size`` examples of the run's data drawn with
+    np.random.default_rng(seed), binarised as its held-out sets are when the run binarises, with
+    their labels for a conditional run; eps comes from the same generator.
+    """
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    _checks.choice("mode", mode, ("full", "directional"))
+    rng = np.random.default_rng(_checks.seed("seed", seed))
+    run = load_run(run_dir)
+    c = run.config
+    config64 = dataclasses.replace(c, dtype="float64", backend="numpy")
+    model = build_model(config64, run.dataset.x.shape[1], run.dataset.n_classes)
+    host = run.model.backend.to_host
+    load_params(model, {k: np.asarray(host(v), dtype=np.float64) for k, v in run.model.params.items()},
+                str(run.run_dir))
+    idx = rng.choice(len(run.dataset.x), size=min(batch_size, len(run.dataset.x)), replace=False)
+    binarize = data.Binarizer("static" if c.binarize != "none" else "none", c.seed + 1)
+    x = binarize(run.dataset.x[idx].astype(np.float64), 0)
+    y = run.dataset.y[idx] if model.n_classes else None
+    return _gradcheck(model, x, y, n_samples=c.n_samples, beta=c.beta, rng=rng, mode=mode)
 
 
 # ------------------------------------------------------------------------------------------------

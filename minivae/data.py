@@ -19,7 +19,6 @@ import http.client
 import math
 import os
 import struct
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from minivae._files import atomic_write
 
 PathLike = str | os.PathLike[str]
 
@@ -752,36 +753,37 @@ def _sha256(path: Path) -> str:
 
 def _download(url: str, dest: Path, size: int, sha256: str, by_hand: str, progress: bool) -> None:
     """Stream ``url`` into a temporary file beside ``dest``, check its size and SHA-256, and only
-    then move it into place, so ``dest`` is either absent or complete and verified."""
+    then move it into place (``atomic_write``), so ``dest`` is either absent or complete and
+    verified."""
     from tqdm import tqdm
 
-    tmp: Path | None = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
+    def stream(out) -> None:
         digest, got = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, _open_url(url, DOWNLOAD_TIMEOUT_S) as resp, \
-                tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, disable=not progress,
-                     leave=False) as bar:
-            while chunk := resp.read(CHUNK_BYTES):
-                got += len(chunk)
-                if got > size:
-                    raise DataError(f"{url} sent more than the expected {size} bytes; the "
-                                    f"download was discarded; {by_hand}")
-                digest.update(chunk)
-                out.write(chunk)
-                bar.update(len(chunk))
+        try:
+            with _open_url(url, DOWNLOAD_TIMEOUT_S) as resp, \
+                    tqdm(total=size, unit="B", unit_scale=True, desc=dest.name,
+                         disable=not progress, leave=False) as bar:
+                while chunk := resp.read(CHUNK_BYTES):
+                    got += len(chunk)
+                    if got > size:
+                        raise DataError(f"{url} sent more than the expected {size} bytes; the "
+                                        f"download was discarded; {by_hand}")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as err:  # URLError and timeouts are OSErrors
+            raise DataError(f"could not download {url} ({type(err).__name__}: {err}); "
+                            f"{by_hand}") from err
         if digest.hexdigest() != sha256:
             raise DataError(f"{url}: SHA-256 {digest.hexdigest()} ({got} bytes) does not match the "
                             f"expected {sha256} ({size} bytes); the download was discarded; "
                             f"{by_hand}")
-        os.replace(tmp, dest)
-    except (OSError, http.client.HTTPException) as err:  # URLError and timeouts are OSErrors
-        raise DataError(f"could not download {url} ({type(err).__name__}: {err}); "
+
+    try:
+        atomic_write(dest, stream)
+    except OSError as err:  # the temporary file could not be made, synced or renamed
+        raise DataError(f"could not save {url} as {dest} ({err.strerror or err}); "
                         f"{by_hand}") from err
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def fetch(name: str, data_dir: PathLike | None = None, *, progress: bool = True) -> Path:

@@ -502,7 +502,7 @@ class AdamW(Adam):
                          backend=backend)
 
 
-def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
+def clip_grad_norm(grads: Mapping[str, Any], max_norm: float, xp: Any = np) -> float:
     r"""Scale ``grads`` in place so their global 2-norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``::
@@ -511,6 +511,8 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
         coef  = min(max_norm / (total + 1e-6), 1)
         g     = g * coef                               (in place; skipped when coef == 1)
 
+    ``xp`` is the array module the gradients live in (NumPy, or CuPy for a GPU backend's device
+    arrays: the norms are reduced on the device and only one number per gradient comes back).
     Returns ``total`` (before clipping) as a Python float. Norms are accumulated in each
     gradient's dtype per array and summed in double precision. Raises ValueError if the norm is
     non-finite, naming the keys whose gradients hold NaN or inf (nothing is scaled then), or if
@@ -518,27 +520,27 @@ def clip_grad_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
     """
     max_norm = non_negative_float("max_norm", max_norm)
     if not isinstance(grads, Mapping):
-        raise ValueError(f"grads must be a dict of str -> np.ndarray, got {_describe(grads)}")
+        raise ValueError(f"grads must be a dict of str -> {xp.__name__}.ndarray, got "
+                         f"{_describe(grads)}")
     flats = []
     for key, g in grads.items():
-        if not isinstance(g, np.ndarray) or not np.issubdtype(g.dtype, np.floating):
-            raise ValueError(
-                f"grads[{key!r}] must be a floating-point np.ndarray, got {_describe(g)}"
-            )
+        if not isinstance(g, xp.ndarray) or not np.issubdtype(g.dtype, np.floating):
+            raise ValueError(f"grads[{key!r}] must be a floating-point {xp.__name__}.ndarray, got "
+                             f"{_describe(g)}")
         flats.append((key, g.reshape(-1)))  # a view for contiguous gradients
     sumsq = 0.0
     for _, flat in flats:
         with np.errstate(over="ignore", invalid="ignore"):
-            sq = float(np.dot(flat, flat))
+            sq = float(xp.dot(flat, flat))
         if not math.isfinite(sq):
-            if not np.isfinite(flat).all():
-                bad = [k for k, f in flats if not np.isfinite(f).all()]
+            if not bool(xp.isfinite(flat).all()):
+                bad = [k for k, f in flats if not bool(xp.isfinite(f).all())]
                 raise ValueError(
                     f"gradient norm is non-finite: grads {bad} contain NaN or inf values"
                 )
             # Finite values whose squares overflow the dtype (float32 above ~1e19): use double.
             flat64 = flat.astype(np.float64)
-            sq = float(np.dot(flat64, flat64))
+            sq = float(xp.dot(flat64, flat64))
         sumsq += sq
     total = math.sqrt(sumsq)
     if not math.isfinite(total):

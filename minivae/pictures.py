@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import NormalDist
@@ -31,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from minivae import _checks
+from minivae._files import atomic_write
 from minivae.model import VAE
 
 # Separators are NaN, drawn in a colour no greyscale pixel can take: any grey value would vanish
@@ -188,28 +188,16 @@ def _label_rows(ax: Axes, labels: Sequence[str], tile_h: int) -> None:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically and return the Path.
-
-    The temporary file lives in the destination folder so ``os.replace`` is a same-filesystem
-    rename (atomic on POSIX and Windows); it is opened with ``"xb"`` so it gets the umask's
-    permissions (mkstemp's would be 0600) and can never clobber another writer's file.
-    """
+    """Write ``fig`` as a PNG at ``path`` atomically (``minivae._files.atomic_write``) and return
+    the Path; the folder is created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except OSError as e:  # name the picture, not the temporary file (a full disk names neither)
-        tmp.unlink(missing_ok=True)
-        if e.errno is None:  # an OSError without errno (a library's own message): keep its text
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+    except OSError as e:
+        if e.errno is None:  # a library's own message without errno: keep its text, name the file
             raise OSError(f"{e} (writing {path})") from None
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def _square_cols(n: int) -> int:

@@ -29,7 +29,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 
 from minivae import _checks, philox
+from minivae._files import TMP_SUFFIX, atomic_write, atomic_write_text
 from minivae.backends import BACKENDS, BackendUnavailable, get_backend
 from minivae.layers import ACTIVATIONS
 from minivae.likelihoods import LIKELIHOODS
@@ -47,7 +47,9 @@ from minivae.model import VAE
 from minivae.optim import clip_grad_norm, first_nonfinite, make_optimizer
 
 CHECKPOINT = "checkpoint.safetensors"
-FORMAT_VERSION = 1
+# 2: epochs in metrics.jsonl, summary.json and best_epoch count from 1, as the console does
+# (version 1 counted from 0; its checkpoints are read and converted).
+FORMAT_VERSION = 2
 
 
 class RunError(ValueError):
@@ -139,7 +141,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration key {unknown[0]!r}; known keys: "
                              f"{', '.join(sorted(names))}")
-        return cls(**{k: tuple(v) if k == "hidden" else v for k, v in d.items()})
+        return cls(**{k: _hidden(v) if k == "hidden" else v for k, v in d.items()})
 
     def beta_at(self, epoch: int) -> float:
         """KL warm-up: beta grows linearly from beta/warmup to beta over the first epochs."""
@@ -148,16 +150,29 @@ class TrainConfig:
         return self.beta * min(1.0, (epoch + 1) / self.warmup_epochs)
 
 
+def _hidden(v: object) -> tuple:
+    """Hidden widths as a sequence, or as the flag's comma-separated string ("64,32")."""
+    if isinstance(v, str):
+        try:
+            return tuple(int(w) for w in v.split(",") if w.strip())
+        except ValueError:
+            raise ValueError(f"hidden must be comma-separated positive integers, got {v!r}") from None
+    if isinstance(v, (list, tuple)):
+        return tuple(v)
+    raise ValueError(f"hidden must be a list of positive integers or a string like \"64,32\", "
+                     f"got {v!r}")
+
+
 @dataclass
 class RunState:
     """Where a run stands; saved in the checkpoint's metadata."""
 
-    epoch: int = 0  # the epoch in progress (or next to start when step == 0)
+    epoch: int = 0  # epochs completed: the 0-based index of the epoch in progress
     step: int = 0  # batches of ``epoch`` already taken
     global_step: int = 0
     skipped_steps: int = 0
     best_val: float = math.inf
-    best_epoch: int | None = None  # the epoch of best_val (0-based, as in metrics.jsonl)
+    best_epoch: int | None = None  # the epoch of best_val (1-based, as in metrics.jsonl)
     epochs_since_best: int = 0
     rng_state: dict = field(default_factory=dict)  # the training generator after the last step
     epoch_rng_state: dict = field(default_factory=dict)  # ... at the start of ``epoch``
@@ -168,28 +183,6 @@ class RunState:
 
 # ------------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary file in the same directory and rename: readers see old or new, never
-    a partial file. fsync before the rename so a crash cannot leave an empty file behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # name the file the user knows, not the temporary one
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
 
 
 def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
@@ -204,11 +197,7 @@ def save_checkpoint(run_dir: Path, model: VAE, optimizer, config: TrainConfig,
     # Serialised in memory and written by Python: safetensors' own file writer reports a full disk
     # as a SafetensorError, not as the OSError (ENOSPC, naming the file) every other write gives.
     blob = safetensors_bytes(tensors, metadata=meta)
-    _atomic_write(run_dir / CHECKPOINT, lambda p: _write_bytes(p, blob))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
+    atomic_write(run_dir / CHECKPOINT, lambda fh: fh.write(blob))
 
 
 def read_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict, dict]:
@@ -224,7 +213,16 @@ def _load_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict[str, di
         raise RunError(f"{run_dir} is not a directory (expected a run directory made by "
                        "`minivae train`)")
     if not path.is_file():
+        if (Path(run_dir) / "config.json").is_file():  # a run stopped before its first checkpoint
+            raise RunError(f"{run_dir} has no {CHECKPOINT}: its run stopped before writing one, "
+                           f"so there is nothing to use or resume (start it again with --out "
+                           f"{run_dir} --overwrite)")
         raise RunError(f"{run_dir} is not a minivae run directory: it has no {CHECKPOINT}")
+    try:  # safetensors reports an unreadable file as missing: let the OS say what is wrong
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise RunError(f"{path} cannot be read: {e.strerror}") from None
     try:
         from safetensors import safe_open
 
@@ -238,8 +236,14 @@ def _load_checkpoint(run_dir: Path) -> tuple[TrainConfig, RunState, dict[str, di
     try:
         config = TrainConfig.from_dict(json.loads(meta["config"]))
         state = RunState(**json.loads(meta["state"]))
+        version = int(meta.get("version", "1"))
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{path} has a damaged header: {e}") from None
+    if version > FORMAT_VERSION:
+        raise RunError(f"{path} is a version {version} checkpoint; this minivae reads versions up "
+                       f"to {FORMAT_VERSION} (expected a checkpoint of this or an older minivae)")
+    if version == 1 and state.best_epoch is not None:
+        state.best_epoch += 1
     groups: dict[str, dict] = {"param": {}, "optim": {}, "best": {}}
     for k, v in tensors.items():
         group, _, name = k.partition("/")
@@ -339,13 +343,15 @@ def _read_metrics(run_dir: Path) -> list[dict]:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
             out.append(rec)
+    if any(rec["epoch"] == 0 for rec in out):  # written before epochs counted from 1
+        out = [rec | {"epoch": rec["epoch"] + 1} for rec in out]
     return out
 
 
 def _truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     """A crash between writing a metrics line and the checkpoint leaves a line for an epoch the
     checkpoint does not have: drop lines past the checkpoint so the resumed run rewrites them."""
-    recs = [r for r in _read_metrics(run_dir) if r["epoch"] < epochs_done]
+    recs = [r for r in _read_metrics(run_dir) if r["epoch"] <= epochs_done]
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
 
 
@@ -449,7 +455,7 @@ def is_minivae_file(name: str) -> bool:
 
     known = "|".join(map(re.escape, (*RUN_FILES, *FILENAMES.values())))
     base = rf"(?:{known}|{COMMAND_PICTURES})"
-    return re.fullmatch(rf"{base}|\.{base}\..+\.tmp", name) is not None
+    return re.fullmatch(rf"{base}|\.{base}\..+{re.escape(TMP_SUFFIX)}", name) is not None
 
 
 def _remove_earlier_run(run_dir: Path) -> None:
@@ -460,11 +466,15 @@ def _remove_earlier_run(run_dir: Path) -> None:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """``config`` with what it leaves to the machine made explicit, as config.json records it: the
-    backend that "auto" picks here, and the data directory an MNIST-family data set is read from
-    ($MINIVAE_DATA or the per-user cache when data_dir is None; absolute). BackendUnavailable (a
-    ValueError) if the backend cannot run here."""
+    backend that "auto" picks here, the data directory an MNIST-family data set is read from
+    ($MINIVAE_DATA or the per-user cache when data_dir is None; absolute), and the user's data
+    file or folder as an absolute path (so the run can be sampled, evaluated and resumed from
+    any directory). BackendUnavailable (a ValueError) if the backend cannot run here."""
     from minivae import data as data_mod
 
+    data = config.data
+    if data not in data_mod.BUILTIN and Path(data).expanduser().exists():
+        data = str(Path(data).expanduser().resolve())
     data_dir = config.data_dir
     if config.data in data_mod.SOURCES:
         folder = data_mod.default_data_dir(data_dir).resolve()
@@ -472,7 +482,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
             raise data_mod.DataError(f"data directory {folder} is a file (from --data-dir or "
                                      "$MINIVAE_DATA); expected a folder")
         data_dir = str(folder)
-    return dataclasses.replace(config, backend=get_backend(config.backend).name, data_dir=data_dir)
+    return dataclasses.replace(config, backend=get_backend(config.backend).name, data=data,
+                               data_dir=data_dir)
 
 
 def _resume_config(config: TrainConfig, run_dir: Path, backend: str | None,
@@ -497,7 +508,8 @@ def _resume_config(config: TrainConfig, run_dir: Path, backend: str | None,
 
 def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = False,
           resume: bool = False, backend: str | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None, max_steps: int | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, report: Callable[[str], None] | None = None,
+          max_steps: int | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue) the run in ``run_dir``.
 
     ``config`` is resolved (``resolve``) before anything is written; with ``resume`` it is read
@@ -508,11 +520,13 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
     SIGINT/SIGTERM save a checkpoint at the next step boundary; during the final evaluation they
     stop it (the checkpoint is already complete, and ``resume`` evaluates again); either way the
     result has ``interrupted`` set. ``max_steps`` stops after that many optimiser steps in this
-    call (for tests of resume).
+    call (for tests of resume). ``log`` takes progress and notes (default: stderr), ``report`` the
+    result lines (default: stdout).
     """
     from minivae import data as data_mod
 
     log = log or (lambda s: print(s, file=sys.stderr))
+    report = report or print
     run_dir = Path(run_dir)
     best: dict | None = None  # early stopping: the weights of the best validation epoch so far
     if resume:
@@ -527,8 +541,9 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
             raise RunError(f"run directory {run_dir} is a file; expected a folder (or a path that "
                            "does not exist yet)")
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise RunError(f"run directory {run_dir} already exists and is not empty "
-                           "(use --overwrite to replace it, or --resume to continue it)")
+            resumable = " or --resume to continue it" if (run_dir / CHECKPOINT).is_file() else ""
+            raise RunError(f"run directory {run_dir} already exists and is not empty (use "
+                           f"--overwrite to replace it{resumable}, or --out for another directory)")
         config = resolve(config)
         state = RunState()
 
@@ -557,7 +572,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
             check_params(model, best, where, "best-epoch weight")
         elif config.patience is not None and state.best_epoch is not None and not state.done:
             raise RunError(f"{where}: early stopping needs the weights of the best epoch "
-                           f"({state.best_epoch + 1}), and the checkpoint has none")
+                           f"({state.best_epoch}), and the checkpoint has none")
         _truncate_metrics(run_dir, state.epoch)
         if state.done:
             log(f"{run_dir} is already complete ({state.epoch} epochs)")
@@ -566,7 +581,7 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
         _remove_earlier_run(run_dir)
         state.rng_state = np.random.default_rng([config.seed, TRAIN_SALT]).bit_generator.state
         state.epoch_rng_state = state.rng_state
-    for leftover in run_dir.glob(".*.tmp"):  # a writer killed before its rename left these
+    for leftover in run_dir.glob(f".*{TMP_SUFFIX}"):  # a writer killed before its rename left these
         if is_minivae_file(leftover.name):
             leftover.unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
@@ -608,13 +623,16 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
                         msg = (f"non-finite {bad} at epoch {epoch + 1}, step {state.step + 1} "
                                f"(global step {state.global_step + 1})")
                         if config.on_nonfinite == "stop":
-                            raise NonFiniteError(msg + "; the last good checkpoint is kept")
+                            raise NonFiniteError(msg + _kept(run_dir))
                         state.skipped_steps += 1
                         log(f"skipped: {msg}")
                     else:
-                        if config.clip is not None:
-                            clip_grad_norm(res.grads, config.clip)
-                        optimizer.step(res.grads, check_finite=False)  # checked just above
+                        # an update that overflows shows as a non-finite loss at the next step,
+                        # which is reported there: no raw RuntimeWarning beside that message
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            if config.clip is not None:
+                                clip_grad_norm(res.grads, config.clip, xp=model.backend.xp)
+                            optimizer.step(res.grads, check_finite=False)  # checked just above
                         s = state.sums
                         s[0] += res.loss * len(idx)
                         s[1] += res.recon * len(idx)
@@ -643,33 +661,36 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
                 break
 
             s = state.sums
-            # train_loss is the objective optimised (recon + beta KL); train_neg_elbo is -ELBO
-            rec = {"epoch": epoch, "beta": beta, "train_loss": s[0] / max(s[3], 1),
-                   "train_neg_elbo": (s[1] + s[2]) / max(s[3], 1),
-                   "train_recon": s[1] / max(s[3], 1), "train_kl": s[2] / max(s[3], 1),
-                   "skipped_steps": state.skipped_steps,
-                   "seconds": round(time.perf_counter() - t0, 3)}
+            # train_loss is the objective optimised (recon + beta KL); train_neg_elbo is -ELBO;
+            # an epoch whose every step was skipped has none of them (null, not 0)
+            loss, neg_elbo, recon, kl = ((v / s[3] if s[3] else None)
+                                         for v in (s[0], s[1] + s[2], s[1], s[2]))
+            rec = {"epoch": epoch + 1, "beta": beta, "train_loss": loss,
+                   "train_neg_elbo": neg_elbo, "train_recon": recon,
+                   "train_kl": kl, "skipped_steps": state.skipped_steps,
+                   "elapsed_seconds": round(time.perf_counter() - t0, 3)}
             if val_x is not None:
                 v = eval_elbo(model, val_ds, val_x, config.seed, VAL_SALT)
                 if v is None:
                     msg = f"non-finite validation loss at epoch {epoch + 1}"
                     if config.on_nonfinite == "stop":
-                        raise NonFiniteError(msg + "; the last good checkpoint is kept")
+                        raise NonFiniteError(msg + _kept(run_dir))
                     log(msg)
                     v = {"loss": None, "recon": None, "kl": None}
                 rec |= {"val_loss": v["loss"], "val_recon": v["recon"], "val_kl": v["kl"]}
                 if v["loss"] is not None and v["loss"] < state.best_val:
-                    state.best_val, state.best_epoch, state.epochs_since_best = v["loss"], epoch, 0
+                    state.best_val, state.best_epoch, state.epochs_since_best = v["loss"], epoch + 1, 0
                     if config.patience is not None:
                         host = model.backend.to_host
                         best = {k: np.array(host(p)) for k, p in model.params.items()}
                 else:
                     state.epochs_since_best += 1
             _record(run_dir, rec)
-            log(f"epoch {epoch + 1:3d}/{config.epochs}  train -ELBO {rec['train_neg_elbo']:8.3f} "
-                f"(recon {rec['train_recon']:.3f}, KL {rec['train_kl']:.3f})"
-                + (f"  objective {rec['train_loss']:.3f} (beta {beta:g})" if beta != 1 else "")
-                + (f"  val -ELBO {rec['val_loss']:8.3f}" if rec.get("val_loss") is not None else ""))
+            log(f"epoch {epoch + 1:3d}/{config.epochs}  train -ELBO {_fmt(rec['train_neg_elbo'], '8.3f')} "
+                f"(recon {_fmt(rec['train_recon'])}, KL {_fmt(rec['train_kl'])})"
+                + (f"  objective {_fmt(rec['train_loss'])} (beta {beta:g})" if beta != 1 else "")
+                + (f"  val -ELBO {rec['val_loss']:8.3f}" if rec.get("val_loss") is not None else "")
+                + (f"  (all {n_batches} steps skipped)" if not s[3] else ""))
             state.epoch, state.step, state.sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
             state.epoch_rng_state = state.rng_state
             if config.patience is not None and state.epochs_since_best >= config.patience:
@@ -677,15 +698,19 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
                 log(f"early stop: validation -ELBO has not improved for {config.patience} epochs")
             if stopped_early or state.epoch >= config.epochs:
                 state.done = True
-                if best is not None and state.best_epoch != epoch:
+                if best is not None and state.best_epoch != epoch + 1:
                     load_params(model, best, "the best epoch's weights")
-                    log(f"keeping the weights of epoch {state.best_epoch + 1}, the best "
+                    log(f"keeping the weights of epoch {state.best_epoch}, the best "
                         f"validation -ELBO ({state.best_val:.3f})")
             save_checkpoint(run_dir, model, optimizer, config, state,
                             None if state.done else best)
             if stopped_early:
                 break
 
+        if state.skipped_steps * 2 > state.global_step and not interrupted:
+            log(f"warning: {state.skipped_steps} of {state.global_step} steps were skipped for a "
+                "non-finite loss or gradient: the model has barely trained (lower --lr, or try "
+                "--clip)")
         if state.done and not interrupted:
             stop = (f"interrupted during the final evaluation: training is complete and its "
                     f"checkpoint intact; `minivae train --resume {run_dir}` evaluates it again")
@@ -695,7 +720,8 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
             else:
                 intr.raising = True
                 try:
-                    summary = _finish(run_dir, config, model, test_ds, test_x, state, log)
+                    summary = _finish(run_dir, config, model, test_ds, test_x, state, log,
+                                      report)
                 except _Stop:
                     interrupted = True
                     log(stop)
@@ -721,12 +747,26 @@ def _first_nonfinite(res, xp) -> str | None:
     return None if key is None else f"gradient of {key}"
 
 
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    """A number for the console; "-" for a missing one (a skipped epoch, a one-example stderr)."""
+    return "-" if v is None or math.isnan(v) else format(v, spec)
+
+
+def _kept(run_dir: Path) -> str:
+    """What a non-finite stop leaves behind, for its message."""
+    if (run_dir / CHECKPOINT).is_file():
+        return "; the last good checkpoint is kept"
+    return ("; no checkpoint had been written yet, so there is nothing to resume: change the "
+            f"settings (a smaller --lr often helps) and start again with --out {run_dir} "
+            "--overwrite")
+
+
 def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, state: RunState,
-            log) -> dict:
+            log, report) -> dict:
     """Test -ELBO, IWAE NLL and pictures at the end of a run."""
     # early stopping kept the best validation epoch's weights; otherwise they are the last's
     kept = state.best_epoch if config.patience is not None and state.best_epoch is not None \
-        else state.epoch - 1
+        else state.epoch
     summary: dict = {"epochs": state.epoch, "steps": state.global_step,
                      "skipped_steps": state.skipped_steps, "weights_epoch": kept}
     if test_x is not None:
@@ -743,8 +783,8 @@ def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, sta
                     "test_recon": t["recon"], "test_kl": t["kl"], "iwae_k": config.iwae_k,
                     "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": iw.stderr,
                     "n_test": len(test_x)}
-        log(f"test -ELBO {t['loss']:.3f} +- {t['stderr']:.3f} nats, IWAE (K={config.iwae_k}) "
-            f"NLL {iw.nll:.3f} +- {iw.stderr:.3f} nats  ({len(test_x)} test examples)")
+        report(f"test -ELBO {t['loss']:.3f} +- {_fmt(t['stderr'])} nats, IWAE (K={config.iwae_k}) "
+               f"NLL {iw.nll:.3f} +- {_fmt(iw.stderr)} nats  ({len(test_x)} test examples)")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if config.pictures and test_x is not None:
         from minivae import pictures
@@ -754,5 +794,5 @@ def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, sta
                                  np.random.default_rng([config.seed, PICTURES_SALT]),
                                  metrics=_read_metrics(run_dir))
         log(f"pictures: {', '.join(p.name for p in made)}")
-    log(f"run saved in {run_dir}")
+    report(f"run saved in {run_dir}")
     return summary

@@ -36,6 +36,8 @@ from minivae.data import IDX_FILES, write_idx
 from minivae.model import VAE
 from minivae.train import TrainConfig
 
+# gradcheck's model flags for a small two-hidden-layer tanh model (12-8,6-3): a quick full check
+SMALL_MODEL = ["--x-dim", "12", "--hidden", "8,6", "--z-dim", "3", "--activation", "tanh"]
 TINY = ["--epochs", "2", "--hidden", "16", "--z-dim", "2", "--iwae-k", "10", "--no-pictures",
         "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,7 +98,6 @@ TRAIN_VALUE_FLAGS = [*(f"--{name.replace('_', '-')}" for name in cli.TRAIN_FLAGS
 
 BAD = [
     # (argv, a piece of the message that names the problem)
-    ("", "required: command"),
     ("frobnicate", "invalid choice: 'frobnicate'"),
     # sample
     ("sample", "required: RUN"),
@@ -136,16 +137,19 @@ BAD = [
     ("evaluate {no_test}", "has no test split (test_fraction = 0.0)"),
     ("evaluate {plain} --json extra", "unrecognized arguments: extra"),
     # gradcheck
-    ("gradcheck --activation swish", "argument --activation: invalid choice: 'swish'"),
-    ("gradcheck --likelihood poisson", "argument --likelihood: invalid choice: 'poisson'"),
+    ("gradcheck --activation swish", "activation must be one of 'relu', 'leaky_relu'"),
+    ("gradcheck --likelihood poisson", "likelihood must be one of 'bernoulli'"),
     ("gradcheck --x-dim 0", "argument --x-dim: expected an integer >= 1, got '0'"),
-    ("gradcheck --z-dim -1", "argument --z-dim: expected an integer >= 1, got '-1'"),
+    ("gradcheck --z-dim -1", "z_dim must be a positive integer, got -1"),
     ("gradcheck --hidden 8,x", "argument --hidden: expected comma-separated integers"),
     ("gradcheck --hidden 8,0", "hidden[1] must be a positive integer, got 0"),
-    ("gradcheck --beta -1", "argument --beta: expected a finite number >= 0, got '-1'"),
-    ("gradcheck --beta nan", "argument --beta: expected a finite number >= 0, got 'nan'"),
-    ("gradcheck --batch 0", "argument --batch: expected an integer >= 1"),
-    ("gradcheck --n-samples 0", "argument --n-samples: expected an integer >= 1"),
+    ("gradcheck --sigma 0", "sigma must be a finite number > 0, got 0.0"),
+    ("gradcheck --beta -1", "beta must be a finite number >= 0, got -1.0"),
+    ("gradcheck --beta nan", "beta must be a finite number >= 0, got nan"),
+    ("gradcheck --batch-size 0", "argument --batch-size: expected an integer >= 1"),
+    ("gradcheck {plain} --hidden 4", "--hidden cannot be given with it (only --batch-size"),
+    ("gradcheck {empty}", "no checkpoint.safetensors"),
+    ("gradcheck --n-samples 0", "n_samples must be a positive integer, got 0"),
     ("gradcheck --mode partial", "argument --mode: invalid choice: 'partial'"),
     ("gradcheck --seed -1", "argument --seed: expected an integer >= 0"),
     # info, data
@@ -285,8 +289,9 @@ def test_a_nonfinite_stop_is_exit_1_naming_the_step_and_tensor(tmp_path, capsys)
     run = tmp_path / "r"
     assert cli.main(["train", *TINY, "--lr", "1e12", "--out", str(run)]) == 1
     err = capsys.readouterr().err
-    assert err == ("minivae: non-finite loss at epoch 1, step 2 (global step 2); the last good "
-                   "checkpoint is kept\n")
+    assert err == ("minivae: non-finite loss at epoch 1, step 2 (global step 2); no checkpoint had "
+                   "been written yet, so there is nothing to resume: change the settings (a "
+                   f"smaller --lr often helps) and start again with --out {run} --overwrite\n")
     assert not (run / "checkpoint.safetensors").exists()  # none was good enough to write
 
 
@@ -342,7 +347,7 @@ def test_gradcheck_failure_exits_1_with_the_table(monkeypatch, capsys):
         return res
 
     monkeypatch.setattr(VAE, "loss", wrong_loss)
-    assert cli.main(["gradcheck"]) == 1
+    assert cli.main(["gradcheck", *SMALL_MODEL]) == 1
     out = capsys.readouterr().out
     assert "gradcheck FAILED: 1 of 12 rows failed" in out
     assert [line.split()[-1] for line in out.splitlines() if line.startswith("dec.1.W ")] == ["FAIL"]
@@ -416,7 +421,7 @@ def test_evaluate_prints_a_table(runs, capsys):
 
 
 def test_gradcheck_passes_and_prints_every_parameter(capsys):
-    assert cli.main(["gradcheck"]) == 0
+    assert cli.main(["gradcheck", *SMALL_MODEL]) == 0
     out = capsys.readouterr().out
     assert out.startswith("gradcheck PASSED: 12 of 12 rows pass  [mode=full, dtype=float64")
     names = {line.split()[0] for line in out.splitlines()[3:]}
@@ -428,7 +433,7 @@ def test_gradcheck_passes_and_prints_every_parameter(capsys):
 def test_gradcheck_passes_for_every_likelihood(likelihood):
     result = commands.gradcheck_model(likelihood=likelihood, activation="softplus",
                                       conditional=True, n_samples=2, beta=0.5, x_dim=5, z_dim=2,
-                                      hidden=(4,), batch=3, seed=1)
+                                      hidden=(4,), batch_size=3, seed=1)
     assert result.ok, str(result)
     assert {r.name for r in result.rows} >= {"enc.0.W", "dec.1.b"}
     assert any(r.name.startswith("lik.") for r in result.rows) == (likelihood == "gaussian_learned")
@@ -579,7 +584,7 @@ def test_every_flag_has_help_that_shows_its_exact_default():
     """Each flag's help ends in one "(default: ...)" naming the default that applies: argparse's,
     or for train (whose flags default to None so that given ones can be told apart) TrainConfig's,
     with None spelled out. "None" never shows."""
-    without_default = {"--config", "--resume", "--json", "--overwrite", "--no-progress"}
+    without_default = {"--config", "--resume", "--json", "--overwrite", "--no-progress", "--version"}
     config = TrainConfig()
     none_fields = {f for f in cli.TRAIN_FLAGS if getattr(config, f) is None}
     assert none_fields == set(NONE_SHOWN)
@@ -596,7 +601,8 @@ def test_every_flag_has_help_that_shows_its_exact_default():
                 assert "(default: " not in action.help, where
                 continue
             assert action.help.count("(default: ") == 1 and action.help.endswith(")"), where
-            if name == "minivae train" and hasattr(config, action.dest):
+            if (name == "minivae train" and hasattr(config, action.dest)) or (
+                    name == "minivae gradcheck" and action.dest in (*cli.MODEL_FLAGS, "conditional")):
                 value = getattr(config, action.dest)
                 shown = NONE_SHOWN[action.dest] if value is None else _shown(value)
                 checked_train.add(action.dest)

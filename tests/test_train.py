@@ -69,7 +69,7 @@ def test_default_config_trains_digits_and_writes_a_complete_run(tmp_path):
     for name in ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "reconstructions.png"):
         assert (run / name).is_file(), name
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in recs] == [0, 1]
+    assert [r["epoch"] for r in recs] == [1, 2]  # as the console counts them
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in recs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_iwae_nll"] <= summary["test_elbo_loss"] + 3 * summary["test_elbo_loss_stderr"]
@@ -99,8 +99,8 @@ def test_resume_gives_bitwise_the_weights_of_an_uninterrupted_run(tmp_path, stop
         assert np.array_equal(a[k], b[k]), k
     full = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     cut = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in full]
-    assert strip == [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in cut]
+    strip = [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"} for line in full]
+    assert strip == [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"} for line in cut]
 
 
 def test_same_seed_same_run_bitwise(tmp_path):
@@ -465,7 +465,7 @@ def test_early_stopping_keeps_the_best_validation_epochs_weights(tmp_path):
     assert "early stop: validation -ELBO has not improved for 1 epochs" in logged
     assert f"keeping the weights of epoch {best + 1}, the best validation -ELBO " \
            f"({val[best]:.3f})" in logged
-    assert res.summary["weights_epoch"] == best
+    assert res.summary["weights_epoch"] == best + 1 == recs[best]["epoch"]
     # the weights are those a run of exactly best + 1 epochs ends with
     short = TrainConfig(**TINY | {"epochs": best + 1, "lr": 0.1})
     train(short, tmp_path / "short", progress=False, log=_quiet)
@@ -481,7 +481,7 @@ def test_early_stopping_resumes_bitwise_with_its_best_weights(tmp_path):
     train(cfg, tmp_path / "full", progress=False, log=_quiet)
     steps_per_epoch = 23  # ceil(1438 training rows / 64)
     train(cfg, tmp_path / "cut", progress=False, log=_quiet, max_steps=2 * steps_per_epoch + 5)
-    assert read_checkpoint(tmp_path / "cut")[1].best_epoch == 1
+    assert read_checkpoint(tmp_path / "cut")[1].best_epoch == 2  # 1-based, as metrics.jsonl
     res = train(None, tmp_path / "cut", resume=True, progress=False, log=_quiet)
     assert res.stopped_early
     assert _same_params(_params(tmp_path / "full"), _params(tmp_path / "cut"))
