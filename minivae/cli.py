@@ -238,7 +238,7 @@ def _sample_parser(sub) -> None:
                         "cycle through the classes)")
     p.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the draws of z (default: 0)")
-    _picture_out(p, "RUN/samples-S.png")
+    _picture_out(p, "RUN/samples-S-N.png, or RUN/samples-S-N-labelK.png with --label")
     p.set_defaults(func=_sample)
 
 

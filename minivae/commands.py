@@ -115,7 +115,8 @@ def sample(run_dir: str | os.PathLike, *, n: int = 64, label: int | None = None,
 
     ``label`` (conditional runs only) gives every sample that class; without it a conditional
     model's columns cycle through the classes. z is drawn from np.random.default_rng(seed).
-    Default ``out``: <run_dir>/samples-<seed>.png. Returns the path written.
+    Default ``out``: <run_dir>/samples-<seed>-<n>.png, or samples-<seed>-<n>-label<label>.png:
+    each setting its own file. Returns the path written.
     """
     n = _checks.positive_int("n", n)
     seed = _checks.seed("seed", seed)
@@ -129,7 +130,8 @@ def sample(run_dir: str | os.PathLike, *, n: int = 64, label: int | None = None,
                 or not 0 <= label < k:
             raise ValueError(f"label must be an integer in 0..{k - 1}, got {label!r}")
     shape = _image_shape(run, "sample")
-    path = _output(out, run.run_dir / f"samples-{seed}.png", overwrite)
+    name = f"samples-{seed}-{n}" + ("" if label is None else f"-label{label}")
+    path = _output(out, run.run_dir / f"{name}.png", overwrite)
     from minivae import pictures  # here, not at the top: matplotlib costs every command 0.3 s
 
     return pictures.prior_samples(run.model, np.random.default_rng(seed), shape, path, n=n,
@@ -146,10 +148,17 @@ def reconstruct(run_dir: str | os.PathLike, *, n: int = 16, out: str | os.PathLi
     run = load_run(run_dir)
     shape = _image_shape(run, "reconstruct")
     test_ds, x = run_test_split(run)
-    path = _output(out, run.run_dir / f"reconstructions-{n}.png", overwrite)
+    if n > len(x):
+        raise ValueError(f"n {n} is more than the {len(x)} test examples of {run.run_dir}: "
+                         f"expected n <= {len(x)}")
     from minivae import pictures
 
-    return pictures.reconstructions(run.model, x, test_ds.y, shape, path, n=n)
+    if n > pictures.MAX_RECONSTRUCTIONS:
+        raise ValueError(f"n must be at most {pictures.MAX_RECONSTRUCTIONS} (a picture of more "
+                         f"inputs has tiles too small to see), got {n}")
+    path = _output(out, run.run_dir / f"reconstructions-{n}.png", overwrite)
+    grey = test_ds.x if run.config.binarize != "none" else None
+    return pictures.reconstructions(run.model, x, test_ds.y, shape, path, n=n, originals=grey)
 
 
 def evaluate(run_dir: str | os.PathLike, *, iwae_k: int = 5000, batch_size: int = 100,

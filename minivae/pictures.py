@@ -31,13 +31,17 @@ from matplotlib.figure import Figure
 
 from minivae import _checks
 from minivae._files import atomic_write
+from minivae.latent import kl_forward
 from minivae.model import VAE
 
 # Separators are NaN, drawn in a colour no greyscale pixel can take: any grey value would vanish
 # against some images (mid grey against an untrained decoder's ~0.5 outputs, white against
 # strokes), and then neighbouring tiles run together.
 SEPARATOR_VALUE = float("nan")
-SEPARATOR_COLOR = "#4f7fbf"
+SEPARATOR_COLOR = "#34465e"  # a dark slate blue: apart from every grey, without glaring
+# Tiles are enlarged (each pixel drawn as a k x k block) until their longer side reaches this many
+# pixels, so a 1-pixel separator is thin beside an 8x8 digit's pixels instead of as wide as one.
+MIN_TILE_PX = 32
 # The unused cells after the last image of a partial row: any value above vmax = 1 is drawn in
 # the colormap's "over" colour, which the pictures make transparent, so the row simply ends.
 # (Images are clipped to [0, 1] before tiling, so no pixel can reach it.)
@@ -50,6 +54,9 @@ FIGURE_MIN_WIDTH_IN = 4.0
 TEXT_LINE_IN = 0.3
 MARGIN_IN = 0.2
 DPI = 100
+# Reconstructions: tiles per row, and the most inputs one picture shows (30 rows of 8).
+RECONSTRUCTION_COLUMNS = 8
+MAX_RECONSTRUCTIONS = 240
 # Up to this many distinct integer labels the scatter uses a discrete palette with a legend
 # (tab10/tab20 have that many distinct colours); beyond it, a continuous colormap and colorbar.
 MAX_LEGEND_CLASSES = 20
@@ -149,8 +156,17 @@ def image_grid(images, image_shape: Sequence[int], ncols: int, *,
 
 def _tile(images: np.ndarray, image_shape: tuple[int, int], ncols: int) -> np.ndarray:
     """image_grid for display: pixels clipped to [0, 1] (a Gaussian decoder's mean may leave it),
-    unused cells marked EMPTY_VALUE."""
-    return image_grid(np.clip(images, 0.0, 1.0), image_shape, ncols, empty=EMPTY_VALUE)
+    each image enlarged by ``_display_scale``, unused cells marked EMPTY_VALUE."""
+    h, w = image_shape
+    k = _display_scale(image_shape)
+    images = np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0).reshape(-1, h, w)
+    big = images.repeat(k, axis=1).repeat(k, axis=2).reshape(len(images), h * k * w * k)
+    return image_grid(big, (h * k, w * k), ncols, empty=EMPTY_VALUE)
+
+
+def _display_scale(image_shape: tuple[int, int]) -> int:
+    """The integer enlargement that brings a tile's longer side to at least MIN_TILE_PX."""
+    return max(1, math.ceil(MIN_TILE_PX / max(image_shape)))
 
 
 def _figure(width_px: int, height_px: int, text_lines: int) -> Figure:
@@ -182,9 +198,16 @@ def _grid_figure(grid: np.ndarray, title: str, label_lines: int = 0) -> tuple[Fi
 
 
 def _label_rows(ax: Axes, labels: Sequence[str], tile_h: int) -> None:
-    """Name each tile row at its centre (labels only: the tick marks stay hidden)."""
+    """Name each tile row at its centre (labels only: the tick marks stay hidden); ``tile_h`` is
+    the height of a tile as drawn (after ``_display_scale``)."""
     ax.set_yticks([r * (tile_h + 1) + (tile_h - 1) / 2 for r in range(len(labels))], labels)
     ax.tick_params(axis="y", length=0)
+
+
+def _label_columns(ax: Axes, labels: Sequence[str], tile_w: int) -> None:
+    """Name each tile column at its centre, below the grid."""
+    ax.set_xticks([c * (tile_w + 1) + (tile_w - 1) / 2 for c in range(len(labels))], labels)
+    ax.tick_params(axis="x", length=0)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -209,21 +232,39 @@ def _square_cols(n: int) -> int:
 
 
 def reconstructions(model: VAE, x, y, image_shape: Sequence[int] | None,
-                    path: str | os.PathLike, n: int = 16) -> Path:
-    """The first ``n`` inputs of ``x`` above their reconstructions (likelihood mean at z = mu)."""
+                    path: str | os.PathLike, n: int = 16, originals=None) -> Path:
+    """The first ``n`` inputs of ``x`` above their reconstructions (likelihood mean at z = mu).
+
+    ``originals`` (optional, same rows as ``x``): the grey images ``x`` was binarised from; they
+    are shown on top, so the reader sees that the model's inputs are one random binarisation.
+    At most MAX_RECONSTRUCTIONS inputs are drawn; asking for more is a ValueError.
+    """
     h, w = _check_image_shape(image_shape, model.x_dim)
     n = _checks.positive_int("n", n)
+    if n > MAX_RECONSTRUCTIONS:
+        raise ValueError(f"n must be at most {MAX_RECONSTRUCTIONS} (a picture of more inputs has "
+                         f"tiles too small to see), got {n}")
     x = np.asarray(x)[:n]
     n = len(x)
     y = _labels(model, "y", None if y is None else np.asarray(y)[:n], n)
     recon = model.reconstruct(x, y)
-    ncols = min(n, 8)
-    top = _tile(x, (h, w), ncols)
-    bottom = _tile(recon, (h, w), ncols)
-    fig = _figure(top.shape[1], 2 * top.shape[0] + 1, text_lines=2)
-    ax_top, ax_bottom = fig.subplots(2, 1)
-    _show(ax_top, top, f"Originals ({n} inputs)")
-    _show(ax_bottom, bottom, "Reconstructions (decoder mean at z = posterior mean)")
+    ncols = min(n, RECONSTRUCTION_COLUMNS)
+    panels = []
+    if originals is not None:
+        originals = np.asarray(originals)[:n]
+        if originals.shape != x.shape:
+            raise ValueError(f"originals must have the shape of x's first rows {x.shape}, got "
+                             f"{originals.shape}")
+        panels.append((originals, f"Data ({n} test images)"))
+        panels.append((x, "Inputs: one random binarisation of the data"))
+    else:
+        panels.append((x, f"Inputs ({n} test examples)"))
+    panels.append((recon, "Reconstructions (decoder mean at z = posterior mean)"))
+    grids = [(_tile(images, (h, w), ncols), title) for images, title in panels]
+    one = grids[0][0]
+    fig = _figure(one.shape[1], len(grids) * (one.shape[0] + 1), text_lines=len(grids))
+    for ax, (grid, title) in zip(np.atleast_1d(fig.subplots(len(grids), 1)), grids, strict=True):
+        _show(ax, grid, title)
     return _save(fig, path)
 
 
@@ -279,11 +320,14 @@ def interpolation(model: VAE, x_a, x_b, image_shape: Sequence[int] | None,
 
 
 def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str | os.PathLike,
-                     values=None, y=None) -> Path:
+                     values=None, y=None, kl=None) -> Path:
     """One row per latent dimension i: decoder means at z = mu with z_i = mu_i + v.
 
     ``mu`` is the posterior mean of the single input ``x``; ``values`` (default -3..3 in 9 steps,
-    prior standard deviations) are the offsets v, one per column.
+    prior standard deviations) are the offsets v, one per column, named below the grid. ``kl``
+    (optional, one number per dimension: ``kl_per_dimension`` of the test data) labels each row
+    with its dimension's KL: a row whose KL is near 0 is a dimension the encoder does not use,
+    and its images barely change.
     """
     h, w = _check_image_shape(image_shape, model.x_dim)
     values = np.linspace(-3, 3, 9) if values is None else values
@@ -299,11 +343,27 @@ def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str
     y_all = None if y is None else np.full(d * k, y[0])
     decoded = model.likelihood.mean(model.decode(z.reshape(d * k, d), y_all))
     grid = _tile(decoded, (h, w), k)
-    fig, ax = _grid_figure(grid, f"Latent traversal: row i sets z_i = mu_i + v\n"
-                                 f"v = {values[0]:g} .. {values[-1]:g} left to right, "
-                                 "mu = posterior mean")
-    _label_rows(ax, [f"z{i + 1}" for i in range(d)], h)
+    rows = [f"z{i + 1}" for i in range(d)]
+    title = "Latent traversal: row i sets z_i = mu_i + v, mu = posterior mean"
+    if kl is not None:
+        kl = _checks.finite_array("kl", kl, shape=(d,))
+        rows = [f"{r}  KL {v:.2f}" for r, v in zip(rows, kl, strict=True)]
+        title += "\nKL: mean over the test data, nats (near 0: an unused dimension)"
+    fig, ax = _grid_figure(grid, title, label_lines=1)
+    scale = _display_scale((h, w))
+    _label_rows(ax, rows, h * scale)
+    _label_columns(ax, [f"{v:+g}" for v in values], w * scale)
+    ax.set_xlabel("v (prior standard deviations)")
     return _save(fig, path)
+
+
+def kl_per_dimension(model: VAE, x, y=None) -> np.ndarray:
+    """Each latent dimension's KL(q(z_j|x) || N(0, 1)) averaged over the rows of ``x``, (d,) nats
+    (``minivae.latent.kl_forward`` on one column at a time)."""
+    mu, logvar = model.encode(x, _labels(model, "y", y, len(np.asarray(x))))
+    mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
+    return np.array([kl_forward(mu[:, j:j + 1], logvar[:, j:j + 1]).mean()
+                     for j in range(model.z_dim)])
 
 
 def manifold_2d(model: VAE, image_shape: Sequence[int] | None, path: str | os.PathLike,
@@ -415,33 +475,31 @@ def loss_figure(metrics: Sequence[dict]) -> Figure:
     """The figure ``loss_curves`` saves: train and validation -ELBO, reconstruction and KL per
     epoch in three panels, plus the training objective in the first panel where it is not -ELBO.
 
-    Each record needs ``epoch`` and ``train_neg_elbo``/``train_recon``/``train_kl``;
-    ``train_loss`` and the ``val_*`` keys may be missing or None in any record, and those curves
-    show only the epochs that have them.
+    Each record needs ``epoch``; the ``train_*`` and ``val_*`` keys may be missing or None in any
+    record (an epoch whose every step was skipped has no training numbers), and each curve shows
+    only the epochs that have it. The objective is drawn only where beta is not 1.
     """
     if not isinstance(metrics, Sequence) or len(metrics) == 0:
         raise ValueError(f"metrics must be a non-empty list of records, got {metrics!r}")
-    required = ("epoch", *(train for _, train, _ in LOSS_PANELS))
+    required = ("epoch",)
     for i, rec in enumerate(metrics):
         if not isinstance(rec, dict):
             raise ValueError(f"metrics[{i}] must be a dict, got {type(rec).__name__}")
         missing = [key for key in required if rec.get(key) is None]
         if missing:
             raise ValueError(f"metrics[{i}] lacks {', '.join(missing)} (has {sorted(rec)})")
-    epochs = np.array([float(rec["epoch"]) for rec in metrics])
     fig = Figure(figsize=(12, 3.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     for ax, (title, train_key, val_key) in zip(axes, LOSS_PANELS, strict=True):
-        ax.plot(epochs, [float(rec[train_key]) for rec in metrics], marker="o", markersize=3,
-                label="train")
+        _plot_present(ax, metrics, train_key, label="train", marker="o", markersize=3)
         _plot_present(ax, metrics, val_key, label="validation", marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per example")
         ax.grid(alpha=0.3)
-    if any(rec.get(OBJECTIVE_KEY) is not None and rec[OBJECTIVE_KEY] != rec["train_neg_elbo"]
-           for rec in metrics):
+    # beta = 1: the objective is -ELBO (to rounding), and a dashed copy would hide under it
+    if any(rec.get(OBJECTIVE_KEY) is not None and rec.get("beta", 1.0) != 1.0 for rec in metrics):
         _plot_present(axes[0], metrics, OBJECTIVE_KEY, label=OBJECTIVE_LABEL, linestyle="--",
                       color="grey")
     for ax in axes:
@@ -474,20 +532,22 @@ def class_grid(model: VAE, rng: np.random.Generator, image_shape: Sequence[int] 
     y = np.repeat(np.arange(k), per_class)
     grid = _tile(model.sample(k * per_class, rng, y), (h, w), per_class)
     fig, ax = _grid_figure(grid, f"Prior samples per class ({per_class} per row, z ~ N(0, I))")
-    _label_rows(ax, [str(c) for c in range(k)], h)
+    _label_rows(ax, [str(c) for c in range(k)], h * _display_scale((h, w)))
     ax.set_ylabel("label")
     return _save(fig, path)
 
 
 def make_all(model: VAE, test_x, test_y, image_shape: Sequence[int] | None,
              outdir: str | os.PathLike, rng: np.random.Generator,
-             metrics: Sequence[dict] | None = None) -> list[Path]:
+             metrics: Sequence[dict] | None = None, originals=None) -> list[Path]:
     """Write every picture that applies into ``outdir`` (named as in FILENAMES); return the paths.
 
     Image pictures need ``image_shape`` (skipped when it is None); the manifold needs z_dim == 2;
     the class grid a conditional model; the scatter labels; the loss curves ``metrics``. The
     interpolation runs from the first test input to the first with a different label (or the
-    second input), the traversal walks around the first.
+    second input), the traversal walks around the first and labels its rows with each
+    dimension's KL over ``test_x``. ``originals``: the grey images ``test_x`` was binarised from,
+    shown above the reconstructions.
     """
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -508,11 +568,12 @@ def make_all(model: VAE, test_x, test_y, image_shape: Sequence[int] | None,
         yb = None if test_y is None else test_y[b]
         written += [
             reconstructions(model, test_x, test_y, image_shape,
-                            outdir / FILENAMES["reconstructions"]),
+                            outdir / FILENAMES["reconstructions"], originals=originals),
             prior_samples(model, rng, image_shape, outdir / FILENAMES["samples"]),
             interpolation(model, test_x[0], test_x[b], image_shape,
                           outdir / FILENAMES["interpolation"], y_a=y0, y_b=yb),
-            latent_traversal(model, test_x[0], image_shape, outdir / FILENAMES["traversal"], y=y0),
+            latent_traversal(model, test_x[0], image_shape, outdir / FILENAMES["traversal"], y=y0,
+                             kl=kl_per_dimension(model, test_x, test_y)),
         ]
         if model.z_dim == 2:
             y_manifold = None if model.n_classes == 0 else int(y0)

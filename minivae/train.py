@@ -443,9 +443,10 @@ def eval_elbo(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict | Non
 
 # Files a run directory may hold that minivae wrote: the run's own, its pictures (named in
 # minivae.pictures.FILENAMES), the default outputs of `minivae sample` and `minivae reconstruct`
-# (samples-<seed>.png, reconstructions-<n>.png) and the temporary files of their atomic writes.
+# (samples-<seed>-<n>[-label<k>].png, samples-<seed>.png of earlier versions,
+# reconstructions-<n>.png) and the temporary files of their atomic writes.
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", CHECKPOINT)
-COMMAND_PICTURES = r"(?:samples|reconstructions)-\d+\.png"
+COMMAND_PICTURES = r"(?:samples-\d+(?:-\d+(?:-label\d+)?)?|reconstructions-\d+)\.png"
 
 
 def is_minivae_file(name: str) -> bool:
@@ -792,7 +793,8 @@ def _finish(run_dir: Path, config: TrainConfig, model: VAE, test_ds, test_x, sta
         shape = getattr(test_ds, "image_shape", None)
         made = pictures.make_all(model, test_x, test_ds.y, shape, run_dir,
                                  np.random.default_rng([config.seed, PICTURES_SALT]),
-                                 metrics=_read_metrics(run_dir))
+                                 metrics=_read_metrics(run_dir),
+                                 originals=test_ds.x if config.binarize != "none" else None)
         log(f"pictures: {', '.join(p.name for p in made)}")
     report(f"run saved in {run_dir}")
     return summary

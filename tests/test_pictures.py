@@ -85,9 +85,22 @@ def test_image_grid_default_separators_are_nan_and_full_rows_have_no_padding():
     assert pictures.image_grid(images, (2, 2), 4).shape == (2, 11)  # one row, three separators
 
 
-def test_tile_clips_to_unit_interval_for_display():
+def test_tile_clips_to_unit_interval_and_enlarges_small_images_for_display():
     grid = pictures._tile(np.array([[-1.0, 2.0, 0.25, 1.0]]), (2, 2), 1)
-    np.testing.assert_array_equal(grid, [[0.0, 1.0], [0.25, 1.0]])
+    k = pictures.MIN_TILE_PX // 2  # a 2x2 image is drawn with k x k blocks per pixel
+    np.testing.assert_array_equal(grid, np.kron([[0.0, 1.0], [0.25, 1.0]], np.ones((k, k))))
+
+
+@pytest.mark.parametrize(("shape", "scale"), [((8, 8), 4), ((28, 28), 2), ((32, 32), 1),
+                                              ((3, 40), 1), ((7, 5), 5)])
+def test_separators_stay_one_pixel_beside_enlarged_tiles(shape, scale):
+    """Each image pixel becomes a scale x scale block; the separator between tiles stays one
+    display pixel, so an 8x8 digit's separators are a quarter of its pixels' width, not equal."""
+    h, w = shape
+    assert pictures._display_scale(shape) == scale
+    grid = pictures._tile(np.full((2, h * w), 0.5), shape, 2)
+    assert grid.shape == (h * scale, 2 * w * scale + 1)
+    assert np.isnan(grid[:, w * scale]).all() and not np.isnan(np.delete(grid, w * scale, 1)).any()
 
 
 @pytest.mark.parametrize(("args", "name"), [
@@ -224,6 +237,52 @@ def test_elbo_panel_sets_train_elbo_beside_validation_elbo_and_the_objective_apa
     assert set(_curves(pictures.loss_figure(METRICS).axes[0])) == {"train", "validation"}
 
 
+def test_with_beta_1_the_objective_is_not_drawn_even_when_it_differs_by_rounding():
+    """Training sums the objective and -ELBO in different orders, so under beta = 1 they differ in
+    the last digits (as in a real metrics.jsonl): a dashed copy would lie hidden under -ELBO."""
+    metrics = [{"epoch": 1, "beta": 1.0, "train_loss": 42.77523024312804,
+                "train_neg_elbo": 42.77522945152071, "train_recon": 42.66, "train_kl": 0.11}]
+    assert set(_curves(pictures.loss_figure(metrics).axes[0])) == {"train"}
+
+
+def test_an_epoch_whose_every_step_was_skipped_is_a_gap_in_the_curves(tmp_path):
+    """A skipped epoch's training numbers are null in metrics.jsonl: the curve leaves it out."""
+    skipped = {"epoch": 2, "beta": 1.0, "train_loss": None, "train_neg_elbo": None,
+               "train_recon": None, "train_kl": None, "val_loss": None}
+    metrics = [METRICS[0], skipped, METRICS[2]]
+    elbo = pictures.loss_figure(metrics).axes[0]
+    assert elbo.get_lines()[0].get_xdata().tolist() == [1.0, 3.0]
+    assert _curves(elbo)["train"] == [50.0, 35.0]
+    assert_png(pictures.loss_curves(metrics, tmp_path / "gap.png"))
+
+
+def test_traversal_rows_show_each_dimensions_kl_over_the_data(tmp_path, data):
+    """kl_per_dimension is the closed-form KL of each latent coordinate averaged over the data."""
+    x, _ = data
+    model = make_model(3)
+    kl = pictures.kl_per_dimension(model, x)
+    mu, logvar = (a.astype(np.float64) for a in model.encode(x))
+    expected = 0.5 * (mu**2 + np.exp(logvar) - 1 - logvar).mean(axis=0)
+    np.testing.assert_allclose(kl, expected, rtol=1e-6, atol=1e-9)
+    assert kl.shape == (3,) and (kl >= 0).all()
+    assert_png(pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "t.png", kl=kl))
+    with pytest.raises(ValueError, match="kl"):
+        pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "u.png", kl=kl[:2])
+
+
+def test_reconstructions_refuse_more_inputs_than_fit_and_check_the_originals(tmp_path, data):
+    x, _ = data
+    model = make_model(2)
+    with pytest.raises(ValueError, match=f"n must be at most {pictures.MAX_RECONSTRUCTIONS}"):
+        pictures.reconstructions(model, x, None, IMAGE_SHAPE, tmp_path / "r.png",
+                                 n=pictures.MAX_RECONSTRUCTIONS + 1)
+    with pytest.raises(ValueError, match="originals must have the shape"):
+        pictures.reconstructions(model, x, None, IMAGE_SHAPE, tmp_path / "r.png", n=4,
+                                 originals=x[:3])
+    assert_png(pictures.reconstructions(model, x, None, IMAGE_SHAPE, tmp_path / "r.png", n=4,
+                                        originals=x))
+
+
 # ----------------------------------------------------------------------------------------------
 # refusals, each naming its argument
 
@@ -280,8 +339,8 @@ def test_image_pictures_need_a_matching_image_shape(tmp_path, data, name, image_
     (lambda m, c, x, p: pictures.latent_scatter(m, x, np.zeros(3, int), p), "y must be 30"),
     (lambda m, c, x, p: pictures.reconstructions(m, x, None, IMAGE_SHAPE, p, n=0), "n must"),
     (lambda m, c, x, p: pictures.loss_curves([], p), "metrics must be a non-empty list"),
-    (lambda m, c, x, p: pictures.loss_curves([METRICS[0], {"epoch": 2, "train_loss": 1.0}], p),
-     r"metrics\[1\] lacks train_neg_elbo, train_recon, train_kl"),
+    (lambda m, c, x, p: pictures.loss_curves([METRICS[0], {"train_loss": 1.0}], p),
+     r"metrics\[1\] lacks epoch"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, data, call, message):
     with pytest.raises(ValueError, match=message):
