@@ -33,6 +33,7 @@ from minivae.train import (
     TrainConfig,
     build_model,
     eval_elbo,
+    finite_or_none,
     held_out,
     load_params,
     read_checkpoint,
@@ -180,7 +181,7 @@ def evaluate(run_dir: str | os.PathLike, *, iwae_k: int = 5000, batch_size: int 
     return {"run": str(run.run_dir), "n_test": len(x), "seed": seed, "batch_size": batch_size,
             "test_elbo_loss": elbo["loss"], "test_elbo_loss_stderr": elbo["stderr"],
             "test_recon": elbo["recon"], "test_kl": elbo["kl"], "iwae_k": iwae_k,
-            "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": iw.stderr}
+            "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": finite_or_none(iw.stderr)}
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:

@@ -119,6 +119,8 @@ class Dataset:
     scaled:       True when every value lies in [0, 1] (a Bernoulli likelihood fits).
     class_names:  names of the classes in label order, where known (the sub-folders of a PNG
                   folder), else None.
+    notes:        what reading changed that the user may not expect (colour images made grey),
+                  one line each; training prints them.
     """
 
     name: str
@@ -129,6 +131,7 @@ class Dataset:
     test_start: int | None = None
     scaled: bool = True
     class_names: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.x.ndim != 2:
@@ -332,11 +335,12 @@ def _labels(what: str, arr: np.ndarray, n: int) -> tuple[np.ndarray, int]:
 
 
 def _dataset(name: str, what: str, arr: np.ndarray, labels: np.ndarray | None,
-             label_what: str = "", class_names: tuple[str, ...] | None = None) -> Dataset:
+             label_what: str = "", class_names: tuple[str, ...] | None = None,
+             notes: tuple[str, ...] = ()) -> Dataset:
     x, image_shape, scaled = _features(what, arr)
     y, n_classes = (None, 0) if labels is None else _labels(label_what, labels, len(x))
     return Dataset(name=name, x=x, y=y, image_shape=image_shape, n_classes=n_classes,
-                   scaled=scaled, class_names=class_names)
+                   scaled=scaled, class_names=class_names, notes=notes)
 
 
 def _pick_key(what: str, keys: list[str], key: str | None, kind: str) -> tuple[str, str | None]:
@@ -513,8 +517,13 @@ def _check_png_header(path: Path) -> None:
                         f"{size * MAX_DEFLATE_RATIO}; it is truncated or corrupt")
 
 
-def _read_png(path: Path) -> np.ndarray:
-    """One PNG as a float32 (H, W) grey image in [0, 1]."""
+# PNG modes that are grey already (Pillow's names): any other (RGB, RGBA, a palette, grey with
+# alpha) is converted to grey, and the data set says so in its notes.
+GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L")
+
+
+def _read_png(path: Path) -> tuple[np.ndarray, str]:
+    """One PNG as a float32 (H, W) grey image in [0, 1], and the PNG's Pillow mode."""
     try:
         from PIL import Image
     except ImportError:
@@ -525,8 +534,9 @@ def _read_png(path: Path) -> np.ndarray:
             if img.format != "PNG":
                 raise DataError(f"{path}: a {img.format} image, expected PNG")
             if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey: convert("L") clips
-                return np.asarray(img, dtype=np.float32) / np.float32(65535)
-            return np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255)
+                return np.asarray(img, dtype=np.float32) / np.float32(65535), img.mode
+            # colour to grey by Pillow's ITU-R 601-2 luma: L = 0.299 R + 0.587 G + 0.114 B
+            return np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255), img.mode
     except DataError:
         raise
     # Image decoders raise a wide spread of types on hostile input (SyntaxError, struct.error,
@@ -556,14 +566,24 @@ def _load_png_folder(folder: Path, key: str | None) -> Dataset:
     # one image at a time, each bounded by its own file: allocating len(files) copies of the
     # first image's size up front would trust the other files before reading them
     images: list[np.ndarray] = []
+    colour: dict[str, int] = {}
     for p, _ in files:
-        img = _read_png(p)
+        img, mode = _read_png(p)
+        if mode not in GREY_MODES:
+            colour[mode] = colour.get(mode, 0) + 1
         if images and img.shape != images[0].shape:
             raise DataError(f"{p}: image of {img.shape[1]}x{img.shape[0]} pixels, expected "
                             f"{images[0].shape[1]}x{images[0].shape[0]} like {files[0][0].name}")
         images.append(img)
     labels = np.array([lab for _, lab in files], dtype=np.int64) if class_names else None
-    return _dataset(folder.name, str(folder), np.stack(images), labels, str(folder), class_names)
+    notes = ()
+    if colour:
+        modes = ", ".join(f"{n} {mode}" for mode, n in sorted(colour.items()))
+        notes = (f"{folder}: {sum(colour.values())} of {len(files)} images are not grey ({modes}); "
+                 "they were made grey (luma 0.299 R + 0.587 G + 0.114 B, alpha dropped): minivae "
+                 "models one channel",)
+    return _dataset(folder.name, str(folder), np.stack(images), labels, str(folder), class_names,
+                    notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ every entry of ``grads`` with central differences of ``f``. A random ``dy`` (rat
 also catches a backward that forgets to multiply by ``dy``:
 
 >>> import numpy as np
+
+from minivae._checks import is_int
 >>> from minivae.gradcheck import check_layer
 >>> class Affine:
 ...     def __init__(self, rng):
@@ -109,12 +111,15 @@ mode on small instances of a layer and the directional mode to cover the large o
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from minivae._checks import is_int
 
 __all__ = [
     "Float32GradcheckWarning",
@@ -189,6 +194,10 @@ class GradcheckResult:
     step_scaled: bool = True
     kink_tol: float = 1e-3
     n_evals: int = 0
+
+    def __bool__(self) -> bool:
+        """``assert check_layer(layer, x)`` passes exactly when every row passed."""
+        return self.ok
 
     def raise_if_failed(self) -> GradcheckResult:
         """Raise :class:`GradcheckError` with the table unless every row passed; else ``self``."""
@@ -343,6 +352,16 @@ def _validate(
     return names, arrays, gs
 
 
+def _caller_outside_this_module() -> int:
+    """The ``stacklevel`` at which ``warnings.warn``, called from a function of this module,
+    names the user's line: the first frame outside this file (gradcheck may be reached through
+    check_layer or check_function)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _tolerance(name: str, value: float | None, default: float, allow_inf: bool = False) -> float:
     if value is None:
         return default
@@ -407,42 +426,19 @@ def gradcheck(
         rng: generator (or seed) for the directions; ``None`` -> ``np.random.default_rng(0)``.
 
     Returns:
-        A :class:`GradcheckResult`; ``result.ok`` tells whether every row passed.
+        A :class:`GradcheckResult`; ``result.ok`` (and its truth value, so ``assert
+        gradcheck(...)`` works) tells whether every row passed.
 
     Raises:
         ValueError: on mismatched keys or shapes, non-float dtypes, non-finite values, bad
             settings, or when ``f`` returns a non-finite value (the message names the parameter
             and index being perturbed).
     """
-    return _gradcheck(
-        f, params, grads, mode=mode, step=step, rtol=rtol, atol=atol, kink_tol=kink_tol,
-        n_directions=n_directions, rng=rng, stacklevel=3,
-    )
-
-
-def _gradcheck(
-    f: Callable[[], float],
-    params: Mapping[str, np.ndarray],
-    grads: Mapping[str, np.ndarray],
-    *,
-    mode: str = "full",
-    step: float | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    kink_tol: float | None = None,
-    n_directions: int = 4,
-    rng: np.random.Generator | int | None = None,
-    stacklevel: int = 2,
-) -> GradcheckResult:
     if not callable(f):
         raise ValueError(f"f must be a callable taking no argument, got {type(f).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "directional" and (
-        isinstance(n_directions, bool)
-        or not isinstance(n_directions, (int, np.integer))
-        or n_directions < 1
-    ):
+    if mode == "directional" and (not is_int(n_directions) or n_directions < 1):
         raise ValueError(f"n_directions must be a positive integer, got {n_directions!r}")
     names, arrays, gs = _validate(params, grads)
 
@@ -455,7 +451,7 @@ def _gradcheck(
             "float64 (loose default tolerances, small bugs can pass); cast parameters and inputs "
             "to float64 for the check",
             Float32GradcheckWarning,
-            stacklevel=stacklevel,
+            stacklevel=_caller_outside_this_module(),
         )
     d_rtol, d_atol, d_kink = _DEFAULTS[min(dtype.itemsize, 8)]
     rtol_v = _tolerance("rtol", rtol, d_rtol)
@@ -815,9 +811,7 @@ def check_layer(
     def f() -> float:
         return _project(dy, layer.forward(x_arr)[0])
 
-    return _gradcheck(
-        f, {"x": x_arr, **params}, {"x": dx, **grads}, rng=gen, stacklevel=3, **gradcheck_kwargs
-    )
+    return gradcheck(f, {"x": x_arr, **params}, {"x": dx, **grads}, rng=gen, **gradcheck_kwargs)
 
 
 def check_function(
@@ -868,4 +862,4 @@ def check_function(
     def f() -> float:
         return _project(dy, forward(**arrays, **consts)[0])
 
-    return _gradcheck(f, arrays, grads, rng=gen, stacklevel=3, **gradcheck_kwargs)
+    return gradcheck(f, arrays, grads, rng=gen, **gradcheck_kwargs)

@@ -18,6 +18,7 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -124,6 +125,7 @@ BAD = [
     ("reconstruct {tmp}/nope", "is not a directory"),
     ("reconstruct {empty}", "no checkpoint.safetensors"),
     ("reconstruct {plain} --n 0", "argument --n: expected an integer >= 1"),
+    ("reconstruct {plain} --n 1000", "n 1000 is more than the 180 test examples of"),
     ("reconstruct {plain} --out {existing}", "already exists"),
     ("reconstruct {flat}", "has no image shape"),
     ("reconstruct {gone}", "is missing from"),
@@ -169,7 +171,8 @@ BAD = [
     ("train --likelihood poisson", "likelihood must be one of"),
     ("train --epochs many", "argument --epochs: invalid int value: 'many'"),
     ("train --hidden 0", "hidden[0] must be a positive integer, got 0"),
-    ("train --out {plain}", "already exists and is not empty (use --overwrite"),
+    ("train --out {plain}", "already exists and is not empty (use --overwrite to replace it or "
+                            "--resume to continue it, or --out for another directory)"),
     ("train --resume {plain} --epochs 3", "--resume continues a run with its saved configuration"),
     ("train --resume {empty}", "no checkpoint.safetensors"),
     ("train --config {bad_toml}", "bad.toml: not valid TOML"),
@@ -256,6 +259,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, scene, 
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("minivae: error: ") and err.count("\n") == 1, err
+    assert not err.startswith("minivae: error: minivae"), err  # one prefix
     assert expected in err
     assert "Traceback" not in err
     assert _snapshot(tmp_path, runs.root) == before
@@ -361,15 +365,18 @@ def test_sample_writes_a_png_and_refuses_to_overwrite_it(runs, tmp_path, capsys)
     run = tmp_path / "run"
     shutil.copytree(runs.plain, run)
     assert cli.main(["sample", str(run)]) == 0
-    path = run / "samples-0.png"
+    path = run / "samples-0-64.png"
     assert capsys.readouterr().out == f"{path}\n"
     assert path.read_bytes().startswith(PNG_MAGIC)
     stamp = path.stat().st_mtime_ns
     assert cli.main(["sample", str(run)]) == 2
     assert path.stat().st_mtime_ns == stamp
-    assert cli.main(["sample", str(run), "--overwrite", "--n", "9"]) == 0
+    assert cli.main(["sample", str(run), "--overwrite"]) == 0
+    # another setting is another file: no --overwrite needed
+    assert cli.main(["sample", str(run), "--n", "9"]) == 0
     assert cli.main(["sample", str(run), "--seed", "7"]) == 0
-    assert (run / "samples-7.png").read_bytes().startswith(PNG_MAGIC)
+    assert (run / "samples-0-9.png").read_bytes().startswith(PNG_MAGIC)
+    assert (run / "samples-7-64.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_sample_of_a_conditional_run_takes_a_label(runs, tmp_path, monkeypatch):
@@ -641,3 +648,283 @@ def test_the_real_process_exit_codes(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr == f"minivae: error: {tmp_path / 'nope'} is not a directory (expected a run " \
                          "directory made by `minivae train`)\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# what a new user meets: each test names the mishap it guards against
+
+
+def _tiny_data(path: Path, rows: int, shape: tuple[int, ...] = (6,)) -> Path:
+    np.save(path, (np.random.default_rng(rows).random((rows, *shape)) < 0.5).astype(np.float32))
+    return path
+
+
+def test_a_one_example_test_split_trains_summarises_and_resumes(tmp_path, capsys):
+    """Three rows leave one test example, whose standard error does not exist: "-" on the
+    console, null in summary.json, and no crash in training, resume or evaluate."""
+    run = tmp_path / "r"
+    data_file = _tiny_data(tmp_path / "tiny.npy", 3)
+    assert cli.main(["train", *TINY, "--data", str(data_file), "--out", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert re.fullmatch(r"test -ELBO \d+\.\d{3} \+- - nats, IWAE \(K=10\) NLL \d+\.\d{3} \+- - "
+                        r"nats  \(1 test examples\)", out.splitlines()[0]), out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n_test"] == 1
+    assert summary["test_elbo_loss_stderr"] is None and summary["test_iwae_nll_stderr"] is None
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run), "--iwae-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_iwae_nll_stderr"] is None
+
+
+def test_a_run_on_a_relative_data_path_works_from_any_directory(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    _tiny_data(home / "good.npy", 40, (3, 3))
+    assert cli.main(["train", *TINY, "--data", "good.npy", "--out", "run"]) == 0
+    assert json.loads((home / "run" / "config.json").read_text())["data"] == str(home / "good.npy")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["evaluate", "home/run", "--iwae-k", "3"]) == 0
+    assert cli.main(["sample", "home/run", "--n", "4"]) == 0
+    assert cli.main(["train", "--resume", "home/run", "--no-progress"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _minivae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minivae", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_a_nan_stop_before_any_checkpoint_says_what_is_true_and_what_to_do(tmp_path):
+    """A real process: exactly one line on stderr (no RuntimeWarning from the optimiser beside
+    it), saying that no checkpoint exists; --resume and a plain rerun then say the same."""
+    diverging = [*TINY, "--optimizer", "sgd", "--lr", "1e6", "--momentum", "0", "--out", "r"]
+    stop = _minivae("train", *diverging, cwd=tmp_path)
+    assert stop.returncode == 1 and stop.stdout == ""
+    assert stop.stderr.count("\n") == 1, stop.stderr
+    assert stop.stderr.startswith("minivae: non-finite loss at epoch 1, step ")
+    assert ("no checkpoint had been written yet, so there is nothing to resume: change the "
+            "settings (a smaller --lr often helps) and start again with --out r --overwrite"
+            ) in stop.stderr
+    resume = _minivae("train", "--resume", "r", cwd=tmp_path)
+    assert resume.returncode == 2
+    assert resume.stderr == ("minivae: error: r has no checkpoint.safetensors: its run stopped "
+                             "before writing one, so there is nothing to use or resume (start it "
+                             "again with --out r --overwrite)\n")
+    again = _minivae("train", *diverging, cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" not in again.stderr
+    assert "(use --overwrite to replace it, or --out for another directory)" in again.stderr
+
+
+def test_a_nan_stop_after_a_checkpoint_says_it_is_kept(tmp_path, monkeypatch, capsys):
+    real_loss = VAE.loss
+    calls = []
+
+    def nan_in_epoch_2(self, *args, **kwargs):
+        res = real_loss(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) > 23:  # digits: 23 steps of 64 per epoch
+            res.loss = float("nan")
+        return res
+
+    monkeypatch.setattr(VAE, "loss", nan_in_epoch_2)
+    run = tmp_path / "r"
+    assert cli.main(["train", *TINY, "--batch-size", "64", "--out", str(run)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "minivae: non-finite loss at epoch 2, step 1 (global step 24); the last good checkpoint is "
+        "kept")
+    assert (run / "checkpoint.safetensors").is_file()
+
+
+def test_an_epoch_whose_every_step_is_skipped_is_recorded_as_missing(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert cli.main(["train", *TINY, "--optimizer", "sgd", "--lr", "1e6", "--momentum", "0",
+                     "--on-nonfinite", "skip", "--out", str(run)]) == 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = recs[-1]
+    assert [last[k] for k in ("train_loss", "train_neg_elbo", "train_recon", "train_kl")] == [None] * 4
+    err = capsys.readouterr().err
+    assert "epoch   2/2  train -ELBO - (recon -, KL -)  (all 12 steps skipped)" in err
+    skipped = last["skipped_steps"]
+    assert f"warning: {skipped} of 24 steps were skipped for a non-finite loss or gradient" in err
+
+
+def test_an_unreadable_checkpoint_is_called_unreadable(runs, tmp_path, monkeypatch, capsys):
+    """Not "No such file or directory": the checkpoint is there, and the OS says why it cannot be
+    read. (CI runs as root, for whom chmod denies nothing, so the OS's refusal is simulated.)"""
+    from minivae import train as train_mod
+
+    real_open = open
+
+    def no_permission(path, *args, **kwargs):
+        if Path(path).name == "checkpoint.safetensors":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "open", no_permission, raising=False)
+    assert cli.main(["evaluate", str(runs.plain)]) == 2
+    assert capsys.readouterr().err == (f"minivae: error: {runs.plain / 'checkpoint.safetensors'} "
+                                       "cannot be read: Permission denied\n")
+
+
+def test_hidden_widths_in_a_toml_file_may_be_a_string_like_the_flag(tmp_path, capsys):
+    (tmp_path / "ok.toml").write_text('hidden = "16,8"\n')
+    (tmp_path / "bad.toml").write_text('hidden = "16,x"\n')
+    run = tmp_path / "r"
+    flags = [a for a in TINY if a not in ("--hidden", "16")]  # the file says the widths
+    assert cli.main(["train", *flags, "--config", str(tmp_path / "ok.toml"), "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["hidden"] == [16, 8]
+    assert cli.main(["train", *flags, "--config", str(tmp_path / "bad.toml")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "minivae: error: hidden must be comma-separated positive integers, got '16,x'\n")
+
+
+def test_ctrl_c_while_evaluating_is_exit_130_and_one_line(runs, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "evaluate", interrupted)
+    assert cli.main(["evaluate", str(runs.plain)]) == 130
+    assert capsys.readouterr() == ("", "minivae: interrupted\n")
+
+
+def test_ctrl_c_while_the_command_line_loads_is_exit_130_and_one_line(monkeypatch, capsys):
+    """The entry point imports the command line (NumPy, the model, ...) inside its handler."""
+    import builtins
+
+    import minivae.__main__ as entry
+
+    real_import = builtins.__import__
+
+    def slow_import(name, *args, **kwargs):
+        if name == "minivae.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", slow_import)
+    assert entry.main() == 130
+    assert capsys.readouterr() == ("", "minivae: interrupted\n")
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_ctrl_c_soon_after_start_leaves_no_traceback(tmp_path, delay):
+    """A real process interrupted while it imports (0.3 s) or loads and starts training (1.5 s)."""
+    proc = subprocess.Popen([sys.executable, "-m", "minivae", "train", "--epochs", "1000",
+                             "--no-progress", "--out", "r"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.splitlines()[-1] in ("minivae: interrupted",) or err.splitlines()[-1].startswith(
+        "interrupted: checkpoint saved at epoch")
+
+
+def test_train_prints_its_result_on_stdout_and_its_progress_on_stderr(tmp_path, capsys):
+    """`minivae train > log.txt` keeps the result in log.txt."""
+    run = tmp_path / "r"
+    assert cli.main(["train", *TINY, "--out", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("test -ELBO ") and out.splitlines()[-1] == \
+        f"run saved in {run}"
+    assert "test -ELBO " not in err and "epoch   1/2" in err and "epoch" not in out
+
+
+def test_gradcheck_of_a_run_checks_its_trained_weights(runs, monkeypatch, capsys):
+    from minivae.train import read_checkpoint
+
+    seen = {}
+    real = commands.gradcheck
+
+    def spy(f, params, grads, **kwargs):
+        seen.update({k: v.copy() for k, v in params.items()})
+        return real(f, params, grads, **kwargs)
+
+    monkeypatch.setattr(commands, "gradcheck", spy)
+    assert cli.main(["gradcheck", str(runs.plain), "--batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gradcheck PASSED") and "dtype=float64" in out
+    trained = read_checkpoint(runs.plain)[2]
+    assert seen.keys() == trained.keys()
+    for k, v in trained.items():
+        assert seen[k].dtype == np.float64 and np.array_equal(seen[k], v.astype(np.float64)), k
+
+
+def test_gradcheck_takes_trains_model_flags_with_trains_defaults(monkeypatch):
+    """`minivae gradcheck` without flags checks the model `minivae train` trains by default."""
+    from minivae.train import TrainConfig as Config
+
+    built = []
+    real_vae = commands.VAE
+
+    def spy(*args, **kwargs):
+        model = real_vae(*args, **kwargs)
+        built.append((args, kwargs))
+        return model
+
+    monkeypatch.setattr(commands, "VAE", spy)
+    monkeypatch.setattr(commands, "gradcheck", lambda *a, **k: SimpleNamespace(ok=True))
+    assert cli.main(["gradcheck"]) == 0
+    (x_dim, z_dim, hidden), kwargs = built[0]
+    d = Config()
+    assert (x_dim, z_dim, hidden) == (commands.GRADCHECK_X_DIM, d.z_dim, d.hidden)
+    assert (kwargs["activation"], kwargs["likelihood"], kwargs["sigma"]) == \
+        (d.activation, d.likelihood, d.sigma)
+
+
+def test_silent_conversions_are_said(tmp_path, capsys):
+    """Flat rows get no image pictures, colour PNGs are made grey: one line each."""
+    from PIL import Image
+
+    flat = _tiny_data(tmp_path / "flat.npy", 40)
+    assert cli.main(["train", *TINY, "--pictures", "--data", str(flat), "--out",
+                     str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "flat (N, D) rows" in line] == [
+        f"note: the data {str(flat)!r} are flat (N, D) rows with no image shape, so the pictures "
+        "are the loss curves and the latent scatter only; save (N, H, W) arrays or PNG images "
+        "for the image pictures"]
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        mode = "RGB" if i < 3 else "L"
+        shape = (4, 4, 3) if mode == "RGB" else (4, 4)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{i}.png")
+    assert cli.main(["train", *TINY, "--data", str(folder), "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {folder}: 3 of 12 images are not grey (3 RGB); they were made grey" in err
+
+
+def test_bare_minivae_lists_the_commands_and_version_prints_it(capsys):
+    import minivae
+
+    assert cli.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: minivae")
+    for command in ("train", "sample", "reconstruct", "evaluate", "gradcheck", "info", "data"):
+        assert re.search(rf"^\s+{command}\s", err, re.MULTILINE), command
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"minivae {minivae.__version__}\n"
+
+
+def test_an_argparse_error_names_the_command_once(capsys):
+    assert cli.main(["train", "--epochs", "x"]) == 2
+    assert capsys.readouterr().err == ("minivae: error: train: argument --epochs: invalid int "
+                                       "value: 'x'\n")
+
+
+def test_every_file_of_a_run_gets_the_same_permissions(tmp_path):
+    """Checkpoints, JSON files and pictures all get the umask's mode (no 0600 beside 0644)."""
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["train", *TINY, "--pictures", "--out", str(tmp_path / "r")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir()}
+    assert "checkpoint.safetensors" in modes and "reconstructions.png" in modes
+    assert set(modes.values()) == {0o644}, modes
