@@ -812,8 +812,8 @@ def test_ctrl_c_while_the_command_line_loads_is_exit_130_and_one_line(monkeypatc
 def test_ctrl_c_soon_after_start_leaves_no_traceback(tmp_path, delay):
     """A real process interrupted while it imports (0.3 s) or loads and starts training (1.5 s)."""
     proc = subprocess.Popen([sys.executable, "-m", "minivae", "train", "--epochs", "1000",
-                             "--no-progress", "--out", "r"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             "--no-progress", "--out", "r"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

@@ -74,7 +74,8 @@ def test_sigkill_during_training_never_loses_the_run(tmp_path):
     ref = tmp_path / "reference"
     assert _minivae("train", *RUN_FLAGS, "--out", str(ref)).returncode == 0
     reference, ref_metrics = read_checkpoint(ref)[2], _strip_seconds(ref)
-    seconds = [json.loads(line)["elapsed_seconds"] for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    seconds = [json.loads(line)["elapsed_seconds"]
+               for line in (ref / "metrics.jsonl").read_text().splitlines()]
     epochs = len(seconds)
     epoch_s = (seconds[-1] - seconds[0]) / (epochs - 1)
     rng = np.random.default_rng(2026)
