@@ -536,15 +536,6 @@ def test_sgd_and_adamw_train_and_resume_bitwise(tmp_path, optimizer, state):
     assert _same_params(_params(tmp_path / "full"), _params(tmp_path / "cut"))
 
 
-def test_adamw_decay_is_decoupled_from_adams(tmp_path):
-    runs = {}
-    for name in ("adam", "adamw"):
-        train(TrainConfig(**TINY | {"epochs": 1, "optimizer": name, "weight_decay": 0.1}),
-              tmp_path / name, progress=False, log=_quiet)
-        runs[name] = _params(tmp_path / name)
-    assert not _same_params(runs["adam"], runs["adamw"])
-
-
 def test_kl_warmup_in_the_loop_weights_the_kl_term_by_the_ramp(tmp_path):
     cfg = TrainConfig(**TINY | {"epochs": 4, "warmup_epochs": 3})
     train(cfg, tmp_path / "r", progress=False, log=_quiet)
@@ -574,3 +565,109 @@ def test_progress_bar_shows_the_running_loss_recon_and_kl(tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "stderr", term)
     train(TrainConfig(**TINY | {"epochs": 1}), tmp_path / "q", progress=False, log=_quiet)
     assert term.getvalue() == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# definitions the tests pin (a run compared only with another run of the same code cannot see
+# a change to them)
+
+
+def test_each_epoch_takes_the_next_permutation_of_the_run_generator(tmp_path, monkeypatch):
+    """The batch order of epoch e (1-based) is the e-th permutation drawn from
+    default_rng([seed, TRAIN_SALT]): so epochs see different orders, and a resumed run the same."""
+    orders: list[np.ndarray] = []
+    real_dev = VAE._dev
+
+    def spy(self, a):
+        if np.asarray(a).dtype.kind == "i":  # the step's row indices into the epoch's data
+            orders.append(np.array(a))
+        return real_dev(self, a)
+
+    monkeypatch.setattr(VAE, "_dev", spy)
+    cfg = TrainConfig(**TINY | {"epochs": 3, "val_fraction": 0.0, "test_fraction": 0.0})
+    train(cfg, tmp_path / "r", progress=False, log=_quiet)
+    n, steps = 1797, -(-1797 // cfg.batch_size)
+    gen = np.random.default_rng([cfg.seed, train_mod.TRAIN_SALT])
+    expected = [gen.permutation(n) for _ in range(cfg.epochs)]
+    for e in range(cfg.epochs):
+        assert np.array_equal(np.concatenate(orders[e * steps:(e + 1) * steps]), expected[e]), e
+    assert not np.array_equal(expected[0], expected[1])
+
+
+def test_adamw_decay_is_decoupled_from_adams(tmp_path):
+    """One step of the loop. AdamW shrinks every weight by lr * wd * p0 before the Adam move, so
+    it ends exactly -lr * wd * p0 away from plain Adam (wd = 0) after the same step; Adam's L2
+    decay enters the gradient instead, which the first step's normalisation (m / sqrt(v) ~ sign)
+    all but cancels, so it does not end there."""
+    lr, wd = 1e-3, 0.5
+    ends = {}
+    for name, decay in (("adam0", 0.0), ("adamw", wd), ("adam", wd)):
+        cfg = TrainConfig(**TINY | {"optimizer": name.rstrip("0"), "lr": lr, "weight_decay": decay})
+        res = train(cfg, tmp_path / name, progress=False, log=_quiet, max_steps=1)
+        ends[name] = {k: np.asarray(v, dtype=np.float64) for k, v in res.model.params.items()}
+    p0 = train_mod.build_model(TrainConfig(**TINY), 64, 10).params
+    for k, w0 in p0.items():
+        shrink = -lr * wd * w0.astype(np.float64)
+        np.testing.assert_allclose(ends["adamw"][k] - ends["adam0"][k], shrink, rtol=1e-3,
+                                   atol=1e-8, err_msg=k)
+        if k.endswith(".W"):
+            assert not np.allclose(ends["adam"][k] - ends["adam0"][k], shrink, rtol=1e-2,
+                                   atol=1e-8), k
+
+
+def test_metrics_of_an_older_run_counting_epochs_from_0_are_read_from_1(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_neg_elbo": 1.0}) + "\n" for e in range(3)))
+    assert [r["epoch"] for r in train_mod._read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_the_blas_runs_one_thread_for_a_small_model_and_all_for_a_large_one():
+    from threadpoolctl import threadpool_info
+
+    small = TrainConfig(**TINY)
+    large = TrainConfig(**TINY | {"hidden": (400,), "batch_size": 128})
+    assert train_mod.largest_gemm_macs(small, train_mod.build_model(small, 64, 10)) == 64 * 16 * 64
+    big_model = train_mod.build_model(large, 784, 10)
+    assert train_mod.largest_gemm_macs(large, big_model) == 128 * 400 * 784
+    before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    with train_mod._blas_threads_for(small, train_mod.build_model(small, 64, 10)):
+        assert {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"} == {1}
+    with train_mod._blas_threads_for(large, big_model):
+        assert [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"] == before
+    assert [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"] == before
+
+
+CLIP_ON_A_GPU_BACKEND = """
+import json, sys
+import numpy as np
+from minivae import train as t
+norms = []
+make = t.make_optimizer
+def record(*a, **k):
+    opt = make(*a, **k)
+    step = opt.step
+    def s(grads, **kw):
+        norms.append(float(np.sqrt(sum(float((np.asarray(g, np.float64) ** 2).sum())
+                                       for g in grads.values()))))
+        return step(grads, **kw)
+    opt.step = s
+    return opt
+t.make_optimizer = record
+np.save("d.npy", (np.random.default_rng(0).random((24, 6)) < 0.5).astype(np.float32))
+cfg = t.TrainConfig(data="d.npy", hidden=(4,), z_dim=2, epochs=1, batch_size=8, iwae_k=2,
+                    pictures=False, backend="numba-cuda", clip=float(sys.argv[1]))
+t.train(cfg, "r", progress=False, log=lambda s: None, report=lambda s: None)
+print(json.dumps(norms))
+"""
+
+
+def test_clipping_runs_on_the_numba_cuda_backend_in_the_simulator(tmp_path):
+    """The gradients of a GPU backend are device arrays (NumPy's under the simulator): the clip
+    reduces them with the backend's array module and bounds every step."""
+    env = os.environ | {"NUMBA_ENABLE_CUDASIM": "1"}
+    out = subprocess.run([sys.executable, "-c", CLIP_ON_A_GPU_BACKEND, "1e-3"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    norms = json.loads(out.stdout)
+    # every step's gradient was larger than 1e-3 (an untrained model's are far larger), scaled to it
+    assert len(norms) >= 2 and all(0.999e-3 <= v <= 1e-3 * (1 + 1e-5) for v in norms), norms
