@@ -823,3 +823,15 @@ def test_check_function_tuple_outputs_and_single_gradient():
 def test_module_docstring_example_runs():
     outcome = doctest.testmod(gradcheck_module, optionflags=doctest.ELLIPSIS)
     assert outcome.attempted > 0 and outcome.failed == 0
+
+
+def test_a_result_is_true_exactly_when_every_row_passes():
+    """``assert check_layer(layer, x)`` is a working check, not one that always passes."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3))
+    good = check_layer(Affine(3, 2, rng), x)
+    bad = check_layer(Affine(3, 2, rng, bug="dW_half"), x)
+    assert good and good.ok and bool(good) is True
+    assert not bad and not bad.ok and bool(bad) is False
+    with pytest.raises(AssertionError):
+        assert check_layer(Affine(3, 2, rng, bug="dx_sign"), x)

@@ -531,3 +531,51 @@ def test_first_nonfinite_names_the_first_bad_gradient_and_passes_huge_finite_one
     opt = SGD(params, lr=0.1)
     opt.step({"a": np.array([0.0, np.nan, 0.0])}, check_finite=False)  # the caller's choice
     assert np.isnan(params["a"][1]) and params["a"][0] == 1.0
+
+
+class _DeviceArray:
+    """An array of a module that is not NumPy (as a GPU backend's CuPy arrays are not): it offers
+    only what an array library offers, so a NumPy-only code path fails on it."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    dtype = property(lambda self: self.a.dtype)
+
+    def reshape(self, *shape):
+        return _DeviceArray(self.a.reshape(*shape))  # a view, as for contiguous arrays
+
+    def astype(self, dtype):
+        return _DeviceArray(self.a.astype(dtype))
+
+    def all(self):
+        return self.a.all()
+
+    def __imul__(self, c):
+        self.a *= c
+        return self
+
+
+def _device_module():
+    import types
+
+    xp = types.ModuleType("device")
+    xp.ndarray = _DeviceArray
+    xp.dot = lambda u, v: np.dot(u.a, v.a)
+    xp.isfinite = lambda u: _DeviceArray(np.isfinite(u.a))
+    return xp
+
+
+def test_clip_grad_norm_runs_on_another_array_module():
+    """The training loop hands a GPU backend's gradients with that backend's array module."""
+    xp = _device_module()
+    grads = {"w": _DeviceArray(np.array([3.0, 0.0], np.float32)),
+             "b": _DeviceArray(np.array([4.0], np.float32))}
+    assert clip_grad_norm(grads, 1.0, xp=xp) == 5.0
+    np.testing.assert_allclose(grads["w"].a, [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(grads["b"].a, [0.8], rtol=1e-6)
+    grads["b"].a[0] = np.nan
+    with pytest.raises(ValueError, match=r"grads \['b'\] contain NaN or inf"):
+        clip_grad_norm(grads, 1.0, xp=xp)
+    with pytest.raises(ValueError, match=r"grads\['w'\] must be a floating-point device.ndarray"):
+        clip_grad_norm({"w": np.zeros(2)}, 1.0, xp=xp)
