@@ -23,11 +23,27 @@ def is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def seed(name: str, value: object) -> int:
-    """``value`` as an int >= 0 (a seed, an index), else ValueError."""
-    if not is_int(value) or value < 0:  # type: ignore[operator]
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+def integer(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int with ``low <= value < high`` (either bound may be None), else ValueError.
+
+    A Python or NumPy integer; a bool is refused (True is not a count), and so is 2.0.
+    """
+    if not is_int(value) or (low is not None and value < low) or (high is not None and value >= high):
+        if low is None and high is None:
+            want = "an integer"
+        elif high is None:
+            want = f"an integer >= {low}"
+        elif low is None:
+            want = f"an integer < {high}"
+        else:
+            want = f"an integer in [{low}, {high})"
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def non_negative_int(name: str, value: object) -> int:
+    """``value`` as an int >= 0 (a seed, a count), else ValueError."""
+    return integer(name, value, 0)
 
 
 def non_negative_float(name: str, value: object) -> float:

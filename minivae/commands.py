@@ -120,15 +120,14 @@ def sample(run_dir: str | os.PathLike, *, n: int = 64, label: int | None = None,
     each setting its own file. Returns the path written.
     """
     n = _checks.positive_int("n", n)
-    seed = _checks.seed("seed", seed)
+    seed = _checks.non_negative_int("seed", seed)
     run = load_run(run_dir)
     if label is not None:
         k = run.model.n_classes
         if k == 0:
             raise ValueError(f"label {label!r} was given, but the run in {run.run_dir} is not "
                              "conditional (trained without --conditional)")
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
-                or not 0 <= label < k:
+        if not _checks.is_int(label) or not 0 <= label < k:
             raise ValueError(f"label must be an integer in 0..{k - 1}, got {label!r}")
     shape = _image_shape(run, "sample")
     name = f"samples-{seed}-{n}" + ("" if label is None else f"-label{label}")
@@ -172,7 +171,7 @@ def evaluate(run_dir: str | os.PathLike, *, iwae_k: int = 5000, batch_size: int 
     iwae_k = _checks.positive_int("iwae_k", iwae_k)
     batch_size = _checks.positive_int("batch_size", batch_size)
     run = load_run(run_dir)
-    seed = run.config.seed if seed is None else _checks.seed("seed", seed)
+    seed = run.config.seed if seed is None else _checks.non_negative_int("seed", seed)
     test_ds, x = run_test_split(run)
     model = run.model
     elbo = eval_elbo(model, test_ds, x, seed, TEST_ELBO_SALT)
@@ -232,7 +231,7 @@ def gradcheck_model(*, x_dim: int = GRADCHECK_X_DIM, hidden=TrainConfig.hidden,
                     sigma=sigma, n_samples=n_samples, beta=beta)
     _checks.choice("mode", mode, ("full", "directional"))
     batch_size = _checks.positive_int("batch_size", batch_size)
-    rng = np.random.default_rng(_checks.seed("seed", seed))
+    rng = np.random.default_rng(_checks.non_negative_int("seed", seed))
     model = VAE(x_dim, c.z_dim, c.hidden, activation=c.activation, likelihood=c.likelihood,
                 sigma=c.sigma, n_classes=GRADCHECK_CLASSES if conditional else 0, dtype="float64",
                 rng=rng)
@@ -258,7 +257,7 @@ def gradcheck_run(run_dir: str | os.PathLike, *, batch_size: int = 4, seed: int 
     """
     batch_size = _checks.positive_int("batch_size", batch_size)
     _checks.choice("mode", mode, ("full", "directional"))
-    rng = np.random.default_rng(_checks.seed("seed", seed))
+    rng = np.random.default_rng(_checks.non_negative_int("seed", seed))
     run = load_run(run_dir)
     c = run.config
     config64 = dataclasses.replace(c, dtype="float64", backend="numpy")

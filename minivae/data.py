@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from minivae._checks import is_int
 from minivae._files import atomic_write
 
 PathLike = str | os.PathLike[str]
@@ -698,7 +699,7 @@ def split(ds: Dataset, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
     """
     val_f = _fraction("val_fraction", val_fraction)
     test_f = _fraction("test_fraction", test_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise DataError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     n = len(ds)
@@ -736,12 +737,12 @@ class Binarizer:
     def __init__(self, mode: str, seed: int = 0) -> None:
         if mode not in self.MODES:
             raise DataError(f"binarize mode must be one of {', '.join(self.MODES)}, got {mode!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise DataError(f"Binarizer seed must be an integer >= 0, got {seed!r}")
         self.mode, self.seed = mode, int(seed)
 
     def __call__(self, x: np.ndarray, epoch: int) -> np.ndarray:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise DataError(f"epoch must be an integer >= 0, got {epoch!r}")
         if self.mode == "none":
             return x

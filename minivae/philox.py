@@ -67,6 +67,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minivae import _checks
+from minivae._checks import is_int
 
 ROUNDS = 10  # Philox4x32-10: the round count Random123 recommends and curand uses
 STREAM_LENGTH = 2**64  # element indices j are uint64 in every kernel
@@ -180,7 +181,7 @@ def box_muller4(words: np.ndarray) -> np.ndarray:
 
 def _index(name: str, value: object, limit: int) -> int:
     """``value`` as an int in [0, limit), else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < limit:
+    if not is_int(value) or not 0 <= value < limit:
         raise ValueError(f"{name} must be an integer in [0, 2**{limit.bit_length() - 1}), got {value!r}")
     return int(value)
 
@@ -193,7 +194,7 @@ def normal_eps(seed: int, offset: int, n: int, dtype: object = "float64") -> np.
     """
     seed = _index("seed", seed, STREAM_LENGTH)
     offset = _index("offset", offset, STREAM_LENGTH)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    if not is_int(n) or n < 0:
         raise ValueError(f"n must be an integer >= 0, got {n!r}")
     n = int(n)
     if offset + n > STREAM_LENGTH:
@@ -217,7 +218,7 @@ def normal_eps_like(seed: int, offset: int, shape: int | Sequence[int],
     """``normal_eps`` reshaped: element ``offset + i`` lands at C-order flat index ``i`` of ``shape``."""
     dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     for i, d in enumerate(dims):
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
+        if not is_int(d) or d < 0:
             raise ValueError(f"shape[{i}] must be an integer >= 0, got {d!r} (shape={shape!r})")
     return normal_eps(seed, offset, math.prod(dims), dtype).reshape(dims)
 
@@ -235,7 +236,7 @@ class Stream:
         self.offset = _index("offset", offset, STREAM_LENGTH)
 
     def take(self, n: int) -> tuple[int, int]:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"n must be an integer >= 0, got {n!r}")
         if self.offset + n > STREAM_LENGTH:
             raise ValueError(f"the stream of seed {self.seed} is exhausted (offset {self.offset} + {n})")

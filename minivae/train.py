@@ -104,11 +104,8 @@ class TrainConfig:
         if self.momentum >= 1:  # the velocity would never decay: SGD diverges
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         self.sigma = _checks.positive_float("sigma", self.sigma)
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) \
-                or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        self.warmup_epochs = _checks.non_negative_int("warmup_epochs", self.warmup_epochs)
+        self.seed = _checks.non_negative_int("seed", self.seed)
         if self.clip is not None:
             self.clip = _checks.positive_float("clip", self.clip)
         if self.patience is not None:

@@ -51,6 +51,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from minivae._checks import is_int
 from minivae.kernels.common.vecmath import log1p_unit, log_f32, sincos_2pi
 
 # Round multipliers and key (Weyl) increments of Philox4x32 (Random123 philox.h), as uint64 so
@@ -154,7 +155,7 @@ def fill_normals(seed_lo, seed_hi, start, out):
 
 def split_seed(seed: int) -> tuple[np.uint64, np.uint64]:
     """The Philox key words (seed mod 2**32, seed >> 32) of a seed in [0, 2**64), as np.uint64."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+    if not is_int(seed) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     seed = int(seed)
     return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)

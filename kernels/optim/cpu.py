@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from minivae._checks import is_int
 from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
 from minivae.kernels.optim import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
 
@@ -78,7 +79,7 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, *, lr: floa
         raise ValueError(f"p must be a float32 or float64 array, "
                          f"got {type(p).__name__} {getattr(p, 'dtype', '')}")
     flat = [_flat(name, a, p) for name, a in (("p", p), ("g", g), ("m", m), ("v", v))]
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+    if not is_int(step) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (the step being taken), got {step!r}")
     check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     # Python floats, as optim.Adam holds them: the scalars are computed in double precision
