@@ -11,10 +11,12 @@ Conventions:
 * ``params`` is a ``dict[str, np.ndarray]`` of floating-point arrays: the arrays the model computes
   with. They are updated **in place** and never rebound, so the model sees every step.
 * ``step(grads)`` takes a mapping with exactly the same keys, shapes and dtypes. The caller's
-  gradients are never modified (PyTorch does not modify them either; weight decay goes into a
-  scratch buffer). Only :func:`clip_grad_norm` scales gradients in place, as PyTorch's does.
-* Arithmetic happens in each parameter's own dtype (float32 or float64). Optimiser state and
-  scratch buffers are allocated at construction; a step allocates no parameter-sized temporaries.
+  gradients are never modified (PyTorch does not modify them either; weight decay makes a new
+  array). Only :func:`clip_grad_norm` scales gradients in place, as PyTorch's does.
+* Arithmetic happens in each parameter's own dtype (float32 or float64). The NumPy update is
+  written as its rule reads, one line per line of the docstring (it allocates temporaries); the
+  backends' fused Adam kernels (``kernels/optim``) are the fast path and are tested bitwise
+  against it.
 * ``lr`` is a validated, settable attribute (for schedules); the other hyperparameters are
   read-only properties.
 * ``state_dict()`` is flat and safetensors-friendly: ``"exp_avg/<name>"``, ``"exp_avg_sq/<name>"``
@@ -118,25 +120,6 @@ def first_nonfinite(grads: Mapping[str, Any], xp: Any = np) -> str | None:
     return None
 
 
-def _scratch_views(params: dict[str, np.ndarray], count: int, xp: Any = np) -> list[dict[str, np.ndarray]]:
-    """``count`` scratch arrays per parameter, as views into flat buffers shared by all parameters
-    of one dtype (parameters are updated one after another, so one buffer of the largest size is
-    enough). Views follow the parameter's memory order so ufuncs stream through both alike."""
-    largest: dict[np.dtype, int] = {}
-    for p in params.values():
-        largest[p.dtype] = max(largest.get(p.dtype, 0), p.size)
-    views: list[dict[str, np.ndarray]] = []
-    for _ in range(count):
-        flats = {dt: xp.empty(n, dtype=dt) for dt, n in largest.items()}
-        views.append({
-            key: flats[p.dtype][: p.size].reshape(
-                p.shape, order="F" if p.flags.f_contiguous and not p.flags.c_contiguous else "C"
-            )
-            for key, p in params.items()
-        })
-    return views
-
-
 class Optimizer:
     """Shared machinery: parameter and gradient checks, ``lr``, step count and state dicts.
 
@@ -154,13 +137,12 @@ class Optimizer:
         self._params = _check_params(params, xp)
         self.lr = lr
         self._step = 0
+        self._xp = xp  # the update's array module: NumPy, or CuPy on a GPU backend
         # zeros_like keeps each parameter's memory layout.
         self._state: dict[str, dict[str, np.ndarray]] = {
             sname: {key: xp.zeros_like(p) for key, p in self._params.items()}
             for sname in self._state_names
         }
-        # scratch for the NumPy update (on a GPU backend without a fused kernel: CuPy's ufuncs)
-        self._tmp_a, self._tmp_b = _scratch_views(self._params, 2, xp)
 
     # -- hyperparameters -------------------------------------------------------------------
     @property
@@ -341,37 +323,25 @@ class SGD(Optimizer):
                 "weight_decay": self._weight_decay, "nesterov": self._nesterov}
 
     def _update(self, grads: Mapping[str, np.ndarray]) -> None:
+        # The rule of the class docstring, line by line; each product is rounded where PyTorch
+        # rounds it. Python-float scalars keep the arithmetic in each parameter's dtype.
         lr, momentum, wd = self._lr, self._momentum, self._weight_decay
         dampening, nesterov = self._dampening, self._nesterov
         first = self._step == 0
         bufs = self._state.get("momentum_buffer")
         for key, p in self._params.items():
             g = grads[key]
-            a, b = self._tmp_a[key], self._tmp_b[key]
             if wd != 0:
-                np.multiply(p, wd, out=a)
-                a += g
-                g = a
+                g = p * wd + g
             if bufs is not None:
-                buf = bufs[key]
+                b = bufs[key]
                 if first:
-                    np.copyto(buf, g)
+                    b[...] = g
                 else:
-                    buf *= momentum
-                    if dampening == 0:
-                        buf += g
-                    else:
-                        np.multiply(g, 1 - dampening, out=b)
-                        buf += b
-                if nesterov:
-                    np.multiply(buf, momentum, out=b)
-                    b += g
-                    g = b
-                else:
-                    g = buf
-            # p + (-lr) * g, written as p - (lr * g): the same rounding.
-            np.multiply(g, lr, out=b)
-            p -= b
+                    b *= momentum
+                    b += g if dampening == 0 else g * (1 - dampening)
+                g = b * momentum + g if nesterov else b
+            p -= g * lr  # p + (-lr) * g and p - (lr * g) round alike
         self._step += 1
 
 
@@ -437,44 +407,29 @@ class Adam(Optimizer):
         small_weight = abs(weight) < 0.5
         decay = 1 - lr * wd
         exp_avgs, exp_avg_sqs = self._state["exp_avg"], self._state["exp_avg_sq"]
-        if self._kernel is not None:
+        if self._kernel is not None:  # the fast path: one fused pass per parameter (kernels/)
             for key, p in self._params.items():
                 self._kernel(p, grads[key], exp_avgs[key], exp_avg_sqs[key], lr=lr, beta1=beta1,
                              beta2=beta2, eps=eps, weight_decay=wd, decoupled=self._decoupled,
                              step=t)
             return
+        # The rule of the class docstring, line by line; every kernel is tested bitwise against
+        # these lines, so each product is rounded where PyTorch rounds it. Python-float scalars
+        # keep the arithmetic in each parameter's dtype.
+        sqrt = self._xp.sqrt
         for key, p in self._params.items():
-            g = grads[key]
-            m, v = exp_avgs[key], exp_avg_sqs[key]
-            a, b = self._tmp_a[key], self._tmp_b[key]
-            if wd != 0:
-                if self._decoupled:
-                    p *= decay
-                else:
-                    np.multiply(p, wd, out=a)
-                    a += g
-                    g = a
-            # m = lerp(m, g, 1 - beta1)
-            np.subtract(g, m, out=b)
-            if small_weight:
-                b *= weight
-                m += b
+            g, m, v = grads[key], exp_avgs[key], exp_avg_sqs[key]
+            if wd != 0 and self._decoupled:
+                p *= decay  # AdamW: shrink the weight itself
+            elif wd != 0:
+                g = p * wd + g  # Adam: L2 enters the gradient
+            if small_weight:  # m = lerp(m, g, 1 - beta1)
+                m += (g - m) * weight
             else:
-                b *= 1 - weight
-                np.subtract(g, b, out=m)
-            # v = beta2 * v + ((1 - beta2) * g) * g
-            v *= beta2
-            np.multiply(g, 1 - beta2, out=b)
-            b *= g
-            v += b
-            # denom = sqrt(v) / sqrt(bc2) + eps   (g is no longer needed, so `a` is free)
-            np.sqrt(v, out=a)
-            a /= bias_correction2_sqrt
-            a += eps
-            # p = p + ((-lr / bc1) * m) / denom
-            np.multiply(m, neg_step_size, out=b)
-            b /= a
-            p += b
+                m[...] = g - (g - m) * (1 - weight)
+            v *= beta2  # v = beta2 * v + (1 - beta2) * g * g
+            v += g * (1 - beta2) * g
+            p += m * neg_step_size / (sqrt(v) / bias_correction2_sqrt + eps)
 
 
 class AdamW(Adam):
