@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from minivae import data as data_mod
-from minivae.train import IWAE_SALT, TEST_ELBO_SALT, TrainConfig, build_model, eval_elbo, held_out, train
+from minivae.config import TrainConfig
+from minivae.train import IWAE_SALT, TEST_ELBO_SALT, build_model, eval_elbo, held_out, train
 
 PRESETS = {
     "digits": dict(hidden=(128,), z_dim=8, epochs=50),

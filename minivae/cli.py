@@ -112,7 +112,7 @@ RESUME_FLAGS = ("--backend", "--no-progress")
 
 
 def _train_parser(sub) -> None:
-    from minivae.train import TrainConfig
+    from minivae.config import TrainConfig
 
     p = sub.add_parser("train", help="train a VAE (default: the bundled digits data)",
                        description="Train a VAE. With no arguments: the UCI digits bundled with "
@@ -150,7 +150,8 @@ def _train_parser(sub) -> None:
 
 
 def _train(args) -> int:
-    from minivae.train import TrainConfig, train
+    from minivae.config import TrainConfig
+    from minivae.train import train
 
     flags = {k: getattr(args, k) for k in (*TRAIN_FLAGS, "conditional", "pictures")
              if getattr(args, k) is not None}
@@ -298,7 +299,7 @@ MODEL_FLAGS = ("hidden", "z_dim", "activation", "likelihood", "sigma", "n_sample
 
 
 def _gradcheck_parser(sub) -> None:
-    from minivae.train import TrainConfig
+    from minivae.config import TrainConfig
 
     p = sub.add_parser("gradcheck", help="check the VAE's gradients against finite differences",
                        description="Compare the gradient of the loss w.r.t. every parameter with "
@@ -427,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (see the module's docstring)."""
     from minivae.data import DataError
-    from minivae.train import NonFiniteError, RunError
+    from minivae.runs import RunError
+    from minivae.train import NonFiniteError
 
     try:
         parser = build_parser()

@@ -23,21 +23,11 @@ import numpy as np
 import minivae
 from minivae import _checks, data
 from minivae.backends import BACKENDS, BackendUnavailable, get_backend
+from minivae.config import TrainConfig
 from minivae.gradcheck import GradcheckResult, gradcheck
 from minivae.model import VAE
-from minivae.train import (
-    CHECKPOINT,
-    IWAE_SALT,
-    TEST_ELBO_SALT,
-    RunError,
-    TrainConfig,
-    build_model,
-    eval_elbo,
-    finite_or_none,
-    held_out,
-    load_params,
-    read_checkpoint,
-)
+from minivae.runs import CHECKPOINT, RunError, load_params, read_checkpoint
+from minivae.train import IWAE_SALT, TEST_ELBO_SALT, build_model, eval_elbo, finite_or_none, held_out
 
 # Labels of a conditional gradcheck model: three classes, so that a mix-up between one-hot columns
 # (not only between "a label" and "no label") changes the loss.

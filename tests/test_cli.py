@@ -33,9 +33,9 @@ import pytest
 
 from minivae import backends, cli, commands, data
 from minivae.backends import BACKENDS
+from minivae.config import TrainConfig
 from minivae.data import IDX_FILES, write_idx
 from minivae.model import VAE
-from minivae.train import TrainConfig
 
 # gradcheck's model flags for a small two-hidden-layer tanh model (12-8,6-3): a quick full check
 SMALL_MODEL = ["--x-dim", "12", "--hidden", "8,6", "--z-dim", "3", "--activation", "tanh"]
@@ -754,7 +754,7 @@ def test_an_epoch_whose_every_step_is_skipped_is_recorded_as_missing(tmp_path, c
 def test_an_unreadable_checkpoint_is_called_unreadable(runs, tmp_path, monkeypatch, capsys):
     """Not "No such file or directory": the checkpoint is there, and the OS says why it cannot be
     read. (CI runs as root, for whom chmod denies nothing, so the OS's refusal is simulated.)"""
-    from minivae import train as train_mod
+    from minivae import runs
 
     real_open = open
 
@@ -763,7 +763,7 @@ def test_an_unreadable_checkpoint_is_called_unreadable(runs, tmp_path, monkeypat
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "open", no_permission, raising=False)
+    monkeypatch.setattr(runs, "open", no_permission, raising=False)
     assert cli.main(["evaluate", str(runs.plain)]) == 2
     assert capsys.readouterr().err == (f"minivae: error: {runs.plain / 'checkpoint.safetensors'} "
                                        "cannot be read: Permission denied\n")
@@ -834,7 +834,7 @@ def test_train_prints_its_result_on_stdout_and_its_progress_on_stderr(tmp_path, 
 
 
 def test_gradcheck_of_a_run_checks_its_trained_weights(runs, monkeypatch, capsys):
-    from minivae.train import read_checkpoint
+    from minivae.runs import read_checkpoint
 
     seen = {}
     real = commands.gradcheck
@@ -855,7 +855,7 @@ def test_gradcheck_of_a_run_checks_its_trained_weights(runs, monkeypatch, capsys
 
 def test_gradcheck_takes_trains_model_flags_with_trains_defaults(monkeypatch):
     """`minivae gradcheck` without flags checks the model `minivae train` trains by default."""
-    from minivae.train import TrainConfig as Config
+    from minivae.config import TrainConfig as Config
 
     built = []
     real_vae = commands.VAE

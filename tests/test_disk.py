@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from minivae import cli
-from minivae.train import CHECKPOINT, TrainConfig, read_checkpoint, train
+from minivae.config import TrainConfig
+from minivae.runs import CHECKPOINT, read_checkpoint
+from minivae.train import train
 
 CONFIG = dict(epochs=3, hidden=(16,), z_dim=2, iwae_k=8, pictures=False)
 pytestmark = pytest.mark.timeout(120)

@@ -19,11 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivae import cli
+from minivae import cli, runs
 from minivae import train as train_mod
+from minivae.config import TrainConfig
 from minivae.data import load_dataset
 from minivae.model import IWAE_CHUNK_ELEMENTS, VAE
-from minivae.train import CHECKPOINT, RunError, TrainConfig, read_checkpoint, train
+from minivae.runs import CHECKPOINT, RunError, read_checkpoint
+from minivae.train import train
 
 CRASH_TRIALS = int(os.environ.get("MINIVAE_CRASH_TRIALS", "3"))
 RUN_FLAGS = ["--epochs", "80", "--hidden", "16", "--z-dim", "2", "--iwae-k", "8", "--no-pictures",
@@ -106,13 +108,22 @@ def test_sigkill_during_training_never_loses_the_run(tmp_path):
         assert (run / "summary.json").is_file()
 
 
-def _fail_while_writing(err: int):
-    """A checkpoint write that stores part of the file, then fails with ``err``."""
-    def write_bytes(path, data):
-        Path(path).write_bytes(data[:7])
-        raise OSError(err, os.strerror(err), str(path))
+def _fail_while_writing(monkeypatch, err: int) -> None:
+    """Checkpoint writes store part of the file, then fail with ``err`` (no file name, as
+    write(2) reports it); every other file is written as usual."""
+    real = runs.atomic_write
 
-    return write_bytes
+    def atomic_write(path, write):
+        if Path(path).name != CHECKPOINT:
+            return real(path, write)
+
+        def partial(fh):
+            fh.write(b"partial")
+            raise OSError(err, os.strerror(err))
+
+        return real(path, partial)
+
+    monkeypatch.setattr(runs, "atomic_write", atomic_write)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
@@ -121,7 +132,7 @@ def test_disk_trouble_while_checkpointing_keeps_the_good_checkpoint(tmp_path, mo
     cfg = TrainConfig(**RUN_CONFIG | {"epochs": 2})
     train(cfg, run, progress=False, log=_quiet, max_steps=3)  # a good mid-epoch checkpoint
     good = (run / CHECKPOINT).read_bytes()
-    monkeypatch.setattr(train_mod, "_write_bytes", _fail_while_writing(err))
+    _fail_while_writing(monkeypatch, err)
     with pytest.raises(OSError) as info:
         train(None, run, resume=True, progress=False, log=_quiet)
     assert info.value.errno == err
@@ -134,7 +145,7 @@ def test_disk_trouble_while_checkpointing_keeps_the_good_checkpoint(tmp_path, mo
 
 
 def test_disk_full_in_the_cli_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_mod, "_write_bytes", _fail_while_writing(errno.ENOSPC))
+    _fail_while_writing(monkeypatch, errno.ENOSPC)
     code = cli.main(["train", *RUN_FLAGS[:-1], "--epochs", "1", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("minivae: error:")]
@@ -212,10 +223,11 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("run_name, target, modes, budget", [
-    ("cut", "config.json", "w", 10),  # rewritten at every start, resume included
-    ("cut", "metrics.jsonl", "w", 10),  # rewritten on resume (lines past the checkpoint dropped)
+    # whole files are written to a temporary file opened exclusively ("x"), then renamed
+    ("cut", "config.json", "x", 10),  # rewritten at every start, resume included
+    ("cut", "metrics.jsonl", "x", 10),  # rewritten on resume (lines past the checkpoint dropped)
     pytest.param("cut", "metrics.jsonl", "a", 10, id="cut-metrics.jsonl-append"),  # cut back
-    ("complete", "summary.json", "w", 10),  # rewritten when a complete run is resumed
+    ("complete", "summary.json", "x", 10),  # rewritten when a complete run is resumed
     pytest.param("complete", "samples.png", "x", 20, id="complete-samples.png"),
 ])
 def test_disk_full_while_writing_a_run_file_is_one_clear_line_and_corrupts_nothing(
@@ -297,7 +309,7 @@ def test_corrupted_checkpoints_raise_only_run_errors(tmp_path_factory, checkpoin
     # dtypes and finiteness against the configuration
     model = train_mod.build_model(config, 64, 10)
     try:
-        train_mod.load_params(model, params, str(run))
+        runs.load_params(model, params, str(run))
     except RunError:
         return
     assert all(np.isfinite(v).all() for v in model.params.values())
@@ -308,7 +320,8 @@ def test_corrupted_checkpoints_raise_only_run_errors(tmp_path_factory, checkpoin
 
 _NUMBA_RUN = r"""
 import sys
-from minivae.train import TrainConfig, train
+from minivae.config import TrainConfig
+from minivae.train import train
 train(TrainConfig.from_dict(__import__("json").loads(sys.argv[1])), sys.argv[2], progress=False,
       log=lambda s: None)
 """

@@ -14,19 +14,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from minivae import backends, pictures
+from minivae import backends, pictures, runs
 from minivae import train as train_mod
+from minivae.config import TrainConfig
 from minivae.data import write_idx
 from minivae.model import VAE
-from minivae.train import (
-    CHECKPOINT,
-    NonFiniteError,
-    RunError,
-    TrainConfig,
-    is_minivae_file,
-    read_checkpoint,
-    train,
-)
+from minivae.runs import CHECKPOINT, RunError, is_minivae_file, read_checkpoint
+from minivae.train import NonFiniteError, train
 
 TINY = dict(hidden=(16,), z_dim=2, epochs=3, batch_size=64, iwae_k=8, pictures=False)
 
@@ -618,7 +612,7 @@ def test_adamw_decay_is_decoupled_from_adams(tmp_path):
 def test_metrics_of_an_older_run_counting_epochs_from_0_are_read_from_1(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": e, "train_neg_elbo": 1.0}) + "\n" for e in range(3)))
-    assert [r["epoch"] for r in train_mod._read_metrics(tmp_path)] == [1, 2, 3]
+    assert [r["epoch"] for r in runs.read_metrics(tmp_path)] == [1, 2, 3]
 
 
 def test_the_blas_runs_one_thread_for_a_small_model_and_all_for_a_large_one():
