@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minivae.data import write_idx
+from minivae.readers import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,8 +34,9 @@ import pytest
 from minivae import backends, cli, commands, data
 from minivae.backends import BACKENDS
 from minivae.config import TrainConfig
-from minivae.data import IDX_FILES, write_idx
+from minivae.data import IDX_FILES
 from minivae.model import VAE
+from minivae.readers import write_idx
 
 # gradcheck's model flags for a small two-hidden-layer tanh model (12-8,6-3): a quick full check
 SMALL_MODEL = ["--x-dim", "12", "--hidden", "8,6", "--z-dim", "3", "--activation", "tanh"]
@@ -754,7 +755,7 @@ def test_an_epoch_whose_every_step_is_skipped_is_recorded_as_missing(tmp_path, c
 def test_an_unreadable_checkpoint_is_called_unreadable(runs, tmp_path, monkeypatch, capsys):
     """Not "No such file or directory": the checkpoint is there, and the OS says why it cannot be
     read. (CI runs as root, for whom chmod denies nothing, so the OS's refusal is simulated.)"""
-    from minivae import runs
+    from minivae import runs as runs_module
 
     real_open = open
 
@@ -763,7 +764,7 @@ def test_an_unreadable_checkpoint_is_called_unreadable(runs, tmp_path, monkeypat
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(runs, "open", no_permission, raising=False)
+    monkeypatch.setattr(runs_module, "open", no_permission, raising=False)
     assert cli.main(["evaluate", str(runs.plain)]) == 2
     assert capsys.readouterr().err == (f"minivae: error: {runs.plain / 'checkpoint.safetensors'} "
                                        "cannot be read: Permission denied\n")

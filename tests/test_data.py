@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minivae import data
+from minivae import data, readers
 from minivae.data import (
     BUILTIN,
     IDX_FILES,
@@ -31,10 +31,9 @@ from minivae.data import (
     fetch,
     list_datasets,
     load_dataset,
-    read_idx,
     split,
-    write_idx,
 )
+from minivae.readers import read_idx, write_idx
 
 MNIST_FAMILY = ("mnist", "fashion-mnist", "kmnist")
 IDX_TEST_DTYPES = (np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64)
@@ -631,7 +630,7 @@ def test_without_the_size_check_a_lying_header_is_a_memory_error_not_a_data_erro
     """Why MemoryError is not swallowed: with the .npy header check switched off, numpy attempts
     the 4 PB the header claims, and that MemoryError escapes the reader, so a missing check fails
     the fuzz tests (which accept DataError only) instead of passing for bad data."""
-    monkeypatch.setattr(data, "_check_npy_header", lambda *args, **kwargs: None)
+    monkeypatch.setattr(readers, "_check_npy_header", lambda *args, **kwargs: None)
     (tmp_path / "a.npy").write_bytes(_npy_with_header((10**9, 10**6), b"\x00" * 24))
     with pytest.raises(MemoryError):
         load_dataset(tmp_path / "a.npy")

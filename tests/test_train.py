@@ -17,8 +17,8 @@ from safetensors.numpy import load_file
 from minivae import backends, pictures, runs
 from minivae import train as train_mod
 from minivae.config import TrainConfig
-from minivae.data import write_idx
 from minivae.model import VAE
+from minivae.readers import write_idx
 from minivae.runs import CHECKPOINT, RunError, is_minivae_file, read_checkpoint
 from minivae.train import NonFiniteError, train
 
