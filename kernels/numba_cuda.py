@@ -178,12 +178,12 @@ def backend():
 
     def linear_forward(x, W, b, act):
         x = c(x)
-        y, saved = linear.forward(x, W, b, act)
-        return y, (x, W, act, saved)
+        y = linear.forward(x, W, b, act)
+        return y, (x, W, act, None if act is None else y)  # y: all the backward needs
 
     def linear_backward(dy, cache, need_dx=True):
-        x, W, act, saved = cache
-        return linear.backward(c(dy), x, W, act, saved, need_dx=need_dx)
+        x, W, act, y = cache
+        return linear.backward(c(dy), x, W, y, act, need_dx=need_dx)
 
     def latent_forward(h, n_samples, eps=None, key=None):
         h = c(h)

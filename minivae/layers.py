@@ -4,18 +4,27 @@ Every op is a pair ``*_forward(...) -> (y, cache)`` and ``*_backward(dy, cache) 
 cache holds exactly what the backward needs; nothing is kept on an object between calls. The
 derivation of each backward is one section of ``docs/derivations.md`` (named in the docstring).
 
+``linear_act_forward``/``linear_act_backward`` (a Linear layer and the activation after it) are the
+numpy backend's linear op, and ``MLP`` runs its layers through whichever backend's op it is given:
+the model trains through ``MLP.forward``/``MLP.backward``, and with the numpy backend through the
+very pairs written here.
+
 Shapes: ``N`` is the batch, ``D_in``/``D_out`` the widths. Arrays are float32 or float64; each op
-computes in the dtype it is given.
+computes in the dtype it is given. The functions use NumPy's functions only, so they also run on
+CuPy arrays (the GPU backends' reference path).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minivae import _checks
+
+if TYPE_CHECKING:  # backends builds its numpy table from this module: no import at run time
+    from minivae.backends import Backend
 
 # ----------------------------------------------------------------------------------------------
 # Linear
@@ -56,8 +65,8 @@ def linear_init(d_in: int, d_out: int, rng: np.random.Generator, dtype=np.float3
 
 
 # ----------------------------------------------------------------------------------------------
-# Elementwise activations. Where the output determines the derivative, the cache is the output
-# (what a fused kernel keeps); otherwise it is the input.
+# Elementwise activations. Every derivative here is a function of the output, so the cache is the
+# output y (what a fused kernel keeps): docs/derivations.md, "Activations".
 
 
 def relu_forward(x: np.ndarray):
@@ -125,12 +134,13 @@ def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def softplus_forward(x: np.ndarray):
-    return softplus(x), x
+    y = softplus(x)
+    return y, y
 
 
-def softplus_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Derivation: "Activations". d/dx log(1 + e^x) = sigmoid(x)."""
-    return dy * sigmoid(x)
+def softplus_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivation: "Activations". d/dx log(1 + e^x) = sigmoid(x) = 1 - e^-y = -expm1(-y)."""
+    return dy * -np.expm1(-y)
 
 
 # name -> (forward, backward, keyword argument the activation takes, its default)
@@ -142,6 +152,28 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable, str | None, float | None]] = {
     "sigmoid": (sigmoid_forward, sigmoid_backward, None, None),
     "softplus": (softplus_forward, softplus_backward, None, None),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# A Linear layer and the activation after it, as one op: the numpy backend's ``linear_forward`` and
+# ``linear_backward`` (minivae.backends), which the kernel backends fuse into their GEMMs.
+
+
+def linear_act_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, act: str | None):
+    """y = act(x W^T + b): ``linear_forward``, then the activation called ``act`` (None: none) with
+    its default parameter. The cache is both ops' caches."""
+    y, lin_cache = linear_forward(x, W, b)
+    if act is None:
+        return y, (lin_cache, None, None)
+    y, act_cache = ACTIVATIONS[act][0](y)
+    return y, (lin_cache, act, act_cache)
+
+
+def linear_act_backward(dy: np.ndarray, cache: Any, need_dx: bool = True):
+    """The two backwards in reverse: G = dy * act'(.), then ``linear_backward(G)`` -> (dx, dW, db)."""
+    lin_cache, act, act_cache = cache
+    g = dy if act is None else ACTIVATIONS[act][1](dy, act_cache)
+    return linear_backward(g, lin_cache, need_dx=need_dx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,45 +217,46 @@ class Activation:
 
 
 class MLP:
-    """Linear layers with an activation between them (none after the last).
+    """Linear layers with the activation after every one but the last.
 
-    ``sizes = (d_in, h_1, ..., d_out)``. Parameters are named ``"{i}.W"``, ``"{i}.b"`` for the i-th
-    Linear layer; ``params`` maps those names to the very arrays the layers compute with, so an
-    optimiser updating ``params`` in place updates the network.
+    ``sizes = (d_in, h_1, ..., d_out)``: layer i computes ``h = act(h W_i^T + b_i)`` as one call of
+    the backend's linear op, ``backend.linear_forward(h, W, b, act)`` (None: this module's
+    ``linear_act_forward``, which is the numpy backend's op; the activation takes its default
+    parameter). ``params`` maps ``"{i}.W"``, ``"{i}.b"`` to the very arrays the layers compute with,
+    on the backend's device, so an optimiser updating ``params`` in place updates the network, and
+    ``forward`` takes and returns arrays of that device.
     """
 
-    def __init__(self, sizes, activation: str, rng: np.random.Generator, dtype=np.float32,
-                 **activation_kwargs: float):
+    def __init__(self, sizes, activation: str, rng: np.random.Generator, dtype=np.float32, *,
+                 backend: Backend | None = None):
         sizes = _checks.sizes("sizes", sizes)
         if len(sizes) < 2:
             raise ValueError(f"sizes must name an input and an output width, got {sizes}")
+        _checks.choice("activation", activation, tuple(ACTIVATIONS))
         self.sizes = sizes
-        self.layers: list[Linear | Activation] = []
+        self.backend = backend
+        self.activations: tuple[str | None, ...] = (activation,) * (len(sizes) - 2) + (None,)
         self.params: dict[str, np.ndarray] = {}
         for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            if i:
-                self.layers.append(Activation(activation, **activation_kwargs))
-            lin = Linear(d_in, d_out, rng, dtype)
-            self.layers.append(lin)
-            for k, v in lin.params.items():
-                self.params[f"{i}.{k}"] = v
+            W, b = linear_init(d_in, d_out, rng, dtype)  # drawn on the host, from the one generator
+            if backend is not None:
+                W, b = backend.asarray(W), backend.asarray(b)
+            self.params[f"{i}.W"], self.params[f"{i}.b"] = W, b
 
     def forward(self, x: np.ndarray):
+        """x (N, sizes[0]) -> (output (N, sizes[-1]), one cache per layer)."""
+        op = linear_act_forward if self.backend is None else self.backend.linear_forward
         caches = []
-        for layer in self.layers:
-            x, c = layer.forward(x)
-            caches.append(c)
+        for i, act in enumerate(self.activations):
+            x, cache = op(x, self.params[f"{i}.W"], self.params[f"{i}.b"], act)
+            caches.append(cache)
         return x, caches
 
     def backward(self, dy: np.ndarray, caches, *, need_dx: bool = True):
-        """Back through the layers in reverse order; returns (dx or None, grads keyed like params)."""
+        """Back through the layers in reverse order; returns (dx or None, grads keyed like params).
+        The first layer computes no dx when ``need_dx`` is False (its input is data)."""
+        op = linear_act_backward if self.backend is None else self.backend.linear_backward
         grads: dict[str, np.ndarray] = {}
-        i = len(self.sizes) - 2  # index of the last Linear layer
-        for pos in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[pos]
-            first = pos == 0
-            dy, g = layer.backward(dy, caches[pos], need_dx=need_dx or not first)
-            if isinstance(layer, Linear):
-                grads[f"{i}.W"], grads[f"{i}.b"] = g["W"], g["b"]
-                i -= 1
+        for i in range(len(caches) - 1, -1, -1):
+            dy, grads[f"{i}.W"], grads[f"{i}.b"] = op(dy, caches[i], need_dx or i > 0)
         return dy, grads

@@ -12,14 +12,23 @@ one). Derivations: docs/derivations.md, "Likelihoods".
 - ``cbernoulli``: the continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019), the normalised fix for
   grey values: log p = x l - softplus(l) + log C(l), with log C(l) = log(l / tanh(l / 2)).
 - ``gaussian``: out = mean m, fixed sigma.
-- ``gaussian_learned``: out = mean m, a learned per-dimension log-variance ``logvar`` (D,).
+- ``gaussian_learned``: out = mean m, a learned per-dimension log-variance ``logvar`` (D,),
+  unbounded (see ``GaussianLearned``).
+
+The model scores a batch with ``score`` (forward, then backward with one weight for every example);
+``bernoulli`` is that for the Bernoulli likelihood, the numpy backend's fused op (the kernel backends
+compute it in one pass). Everything here uses NumPy's functions only, so it also runs on CuPy arrays:
+the GPU backends train every likelihood but Bernoulli through this very code.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from minivae import _checks
+from minivae._arrays import array_module, to_host
 from minivae.layers import sigmoid, softplus
 
 LOG_2PI = float(np.log(2 * np.pi))
@@ -28,8 +37,18 @@ LOG_2PI = float(np.log(2 * np.pi))
 # Taylor series: the closed forms subtract two numbers of size 1/|l| (cancellation), while the
 # series as truncated below are accurate to ~1e-15 relative here (next terms ~ (|l|/2pi)^10).
 # These functions compute in float64 whatever the input dtype and cast back: in float32 the
-# closed form just above the switch would lose ~760 ulps.
+# closed form just above the switch would lose ~760 ulps. Integer logits are refused, not cast
+# back (that would truncate the result).
 CB_SERIES_BELOW = 0.1
+
+
+def _float64(logits: np.ndarray) -> np.ndarray:
+    """``logits`` in float64, or ValueError unless they are a floating-point array."""
+    dtype = getattr(logits, "dtype", None)
+    if dtype is None or not np.issubdtype(dtype, np.floating):
+        got = f"dtype {dtype}" if dtype is not None else type(logits).__name__
+        raise ValueError(f"logits must be a float32 or float64 array, got {got}")
+    return logits.astype(np.float64)
 
 
 def _bernoulli_part(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
@@ -44,7 +63,7 @@ def cb_log_norm(logits: np.ndarray) -> np.ndarray:
     log tanh(a/2) = log(-expm1(-a)) - log1p(e^{-a}), which stays exact for huge |l| too.
     Near 0, with u = l/2: log 2 + u^2/3 - 7u^4/90 + 62u^6/2835 - 127u^8/18900.
     """
-    a = np.abs(logits.astype(np.float64))
+    a = np.abs(_float64(logits))
     small = a < CB_SERIES_BELOW
     a_big = np.where(small, 1, a)  # keep log() away from 0 on the lanes the series covers
     e = np.exp(-a_big)
@@ -60,7 +79,7 @@ def cb_log_norm_grad(logits: np.ndarray) -> np.ndarray:
     1/sinh(l) = 2 sign(l) e^{-|l|} / (1 - e^{-2|l|}) never overflows. Near 0, with u = l/2:
     u/3 - 7u^3/45 + 62u^5/945 - 127u^7/4725 + 146u^9/13365.
     """
-    a = np.abs(logits.astype(np.float64))
+    a = np.abs(_float64(logits))
     small = a < CB_SERIES_BELOW
     a_big = np.where(small, 1, a)
     e = np.exp(-a_big)
@@ -77,7 +96,7 @@ def cb_mean(logits: np.ndarray) -> np.ndarray:
 
     Near 0: coth(u) - 1/u = u/3 - u^3/45 + 2u^5/945 - u^7/4725 + 2u^9/93555.
     """
-    u = 0.5 * logits.astype(np.float64)
+    u = 0.5 * _float64(logits)
     small = np.abs(u) < 0.5 * CB_SERIES_BELOW
     u_big = np.where(small, 1, u)
     exact = 1 / np.tanh(u_big) - 1 / u_big
@@ -136,7 +155,7 @@ class ContinuousBernoulli(Bernoulli):
         For l < 0, x(l, u) = 1 - x(-l, 1 - u) (the density mirrors).
         """
         u = rng.random(logits.shape)
-        a = np.abs(logits.astype(np.float64))
+        a = np.abs(_float64(logits))
         v = np.where(logits >= 0, u, 1 - u)
         zero = a == 0
         a_safe = np.where(zero, 1.0, a)
@@ -177,7 +196,15 @@ class Gaussian:
 
 
 class GaussianLearned:
-    """Gaussian with mean = decoder output and a learned log-variance per data dimension."""
+    """Gaussian with mean = decoder output and a learned log-variance ``s`` per data dimension.
+
+    ``s`` is unbounded. Where the decoder fits a dimension ever better (a pixel that is 0 in every
+    image), the maximum-likelihood variance of that dimension is 0 and training drives its ``s``
+    down without end: log p grows without bound, and once ``e^-s`` overflows (s < -88 in float32)
+    the loss is not finite and ``VAE.loss`` raises FloatingPointError (training stops on a
+    non-finite loss). Data with constant or near-constant dimensions want the fixed-sigma
+    ``gaussian`` instead.
+    """
 
     name = "gaussian_learned"
 
@@ -206,8 +233,26 @@ class GaussianLearned:
         return out
 
     def sample(self, out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        std = np.exp(0.5 * self.params["logvar"])
+        std = np.exp(0.5 * to_host(self.params["logvar"]))  # the parameter may live on a GPU
         return (out + std * rng.standard_normal(out.shape)).astype(out.dtype)
+
+
+def score(likelihood: Any, x: np.ndarray, out: np.ndarray, dlogp: float):
+    """log p(x | out) per example (N,), ``dout = dlogp * d log p / d out`` and the likelihood's own
+    parameters' gradients: ``forward``, then ``backward`` with the same weight ``dlogp`` for every
+    example (the loss weights them alike)."""
+    logp, cache = likelihood.forward(x, out)
+    dout, grads = likelihood.backward(array_module(out).full(logp.shape[0], dlogp, dtype=out.dtype), cache)
+    return logp, dout, grads
+
+
+_BERNOULLI = Bernoulli(1)
+
+
+def bernoulli(x: np.ndarray, logits: np.ndarray, dlogp: float):
+    """The numpy backend's ``bernoulli`` op: ``score`` of the Bernoulli likelihood -> (logp, dlogits)."""
+    logp, dlogits, _ = score(_BERNOULLI, x, logits, dlogp)
+    return logp, dlogits
 
 
 LIKELIHOODS = {

@@ -1,6 +1,6 @@
-"""The Variational Autoencoder: encode -> sample -> decode -> loss, then the backward in reverse.
+"""The Variational Autoencoder: encode -> sample -> decode -> score, then the backward in reverse.
 
-    encoder MLP:   h = [x, y]              ->  [mu, logvar]         (q(z|x) = N(mu, exp(logvar)))
+    encoder MLP:   [x, y]                  ->  h = [mu, logvar]     (q(z|x) = N(mu, exp(logvar)))
     sample:        z = mu + exp(logvar/2) * eps,  eps ~ N(0, I)     (L samples per input)
     decoder MLP:   [z, y]                  ->  out                  (logits or mean of p(x|z))
     loss:          -ELBO = -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I))
@@ -8,7 +8,13 @@
 ``y`` is the optional one-hot class label of a conditional VAE. The reconstruction term is summed
 over the data dimensions; both terms are averaged over the batch (``reduction="mean"``, nats per
 example) or summed (``reduction="sum"``). ``VAE.loss`` returns the loss, its two terms and the
-gradient of every parameter in one call. Derivations: docs/derivations.md.
+gradient of every parameter in one call.
+
+One path: the networks are the ``MLP`` objects ``encoder`` and ``decoder`` (minivae.layers), which
+own the weights and run every layer through the backend's linear op; the sample and the KL are the
+backend's latent op, the Bernoulli likelihood its fused op, and the other likelihoods their
+reference code (minivae.likelihoods) on the backend's arrays. ``minivae.backends`` is the table;
+with ``backend="numpy"`` every op is a hand-derived function pair. Derivations: docs/derivations.md.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from minivae import _checks, philox
 from minivae.backends import Backend, get_backend
 from minivae.latent import gaussian_log_density
 from minivae.layers import ACTIVATIONS, MLP
-from minivae.likelihoods import LIKELIHOODS, make_likelihood
+from minivae.likelihoods import LIKELIHOODS, make_likelihood, score
 
 # IWAE evaluation decodes K samples per example in chunks of at most this many output elements
 # (2^22 floats = 16 MiB in float32), so K = 5000 at 784 dimensions never holds more than ~50 MiB.
@@ -85,13 +91,19 @@ class VAE:
         z_dim: latent dimension d.
         hidden: widths of the encoder's hidden layers; the decoder mirrors them.
         activation: one of relu, leaky_relu, elu, tanh, sigmoid, softplus.
-        likelihood: one of bernoulli, cbernoulli, gaussian, gaussian_learned.
+        likelihood: one of bernoulli, cbernoulli, gaussian, gaussian_learned (whose learned
+            log-variance is unbounded: see minivae.likelihoods.GaussianLearned).
         n_classes: > 0 for a conditional VAE (labels 0..n_classes-1 are fed one-hot to both nets).
         sigma: the fixed standard deviation of the "gaussian" likelihood.
         dtype: "float32" (default) or "float64".
         rng: the generator that draws the initial weights (PyTorch's nn.Linear scheme).
         backend: which implementation of the costly ops (minivae.backends): "numpy" (the
-            reference), "numba", "cupy", "numba-cuda" or "auto". The math is the same.
+            reference), "numba", "cupy", "numba-cuda" or "auto". The math is the same, and every
+            likelihood and the conditional model train on each.
+
+    The weights live in ``encoder.params``, ``decoder.params`` and ``likelihood.params``, on the
+    backend's device; ``params`` is the flat view of those same arrays (``enc.*``, ``dec.*``,
+    ``lik.*``), the names a checkpoint stores.
     """
 
     def __init__(self, x_dim: int, z_dim: int = 20, hidden=(400,), *, activation: str = "relu",
@@ -102,29 +114,27 @@ class VAE:
         self.hidden = _checks.sizes("hidden", hidden)
         _checks.choice("activation", activation, tuple(ACTIVATIONS))
         _checks.choice("likelihood", likelihood, tuple(LIKELIHOODS))
-        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 0:
-            raise ValueError(f"n_classes must be an integer >= 0, got {n_classes!r}")
+        self.n_classes = _checks.integer("n_classes", n_classes, 0)
         _generator("rng", rng)
-        self.n_classes = int(n_classes)
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.activation = activation
-        c = self.n_classes
-        self.encoder = MLP((x_dim + c, *self.hidden, 2 * z_dim), activation, rng, self.dtype)
-        self.decoder = MLP((z_dim + c, *self.hidden[::-1], x_dim), activation, rng, self.dtype)
-        self.likelihood = make_likelihood(likelihood, x_dim, self.dtype, sigma=sigma)
         self.backend = get_backend(backend)
-        if self.backend.on_gpu and likelihood != "bernoulli":
-            raise ValueError(f"backend {self.backend.name!r} supports the bernoulli likelihood, "
-                             f"got {likelihood!r} (use backend='numpy' or 'numba')")
-        # One flat view of every parameter: the arrays the loss computes with (on the backend's
-        # device). The MLP objects drew the initial values and keep the layer API for the CPU.
+        c = self.n_classes
+        # The networks own their weights, on the backend's device; the loss runs through them.
+        self.encoder = MLP((x_dim + c, *self.hidden, 2 * z_dim), activation, rng, self.dtype,
+                           backend=self.backend)
+        self.decoder = MLP((z_dim + c, *self.hidden[::-1], x_dim), activation, rng, self.dtype,
+                           backend=self.backend)
+        self.likelihood = make_likelihood(likelihood, x_dim, self.dtype, sigma=sigma)
+        for k, v in list(self.likelihood.params.items()):
+            self.likelihood.params[k] = self.backend.asarray(v)
+        # One flat view of every parameter: the same array objects, so an optimiser stepping
+        # ``params`` in place (or a checkpoint loaded into them) steps the networks themselves.
         self.params: dict[str, np.ndarray] = {
             **{f"enc.{k}": v for k, v in self.encoder.params.items()},
             **{f"dec.{k}": v for k, v in self.decoder.params.items()},
             **{f"lik.{k}": v for k, v in self.likelihood.params.items()},
         }
-        if self.backend.on_gpu:
-            self.params = {k: self.backend.asarray(v) for k, v in self.params.items()}
 
     # ------------------------------------------------------------------------------------------
     # input checks
@@ -172,40 +182,19 @@ class VAE:
         return _generator("rng", rng).standard_normal(shape, dtype=self.dtype)
 
     # ------------------------------------------------------------------------------------------
-    # the two networks, composed from the backend's fused linear(+activation) op
-
-    def _mlp_forward(self, net: str, h):
-        """h through the Linear layers named ``{net}.{i}``, the activation after all but the last."""
-        n_layers = len(self.hidden) + 1
-        caches = []
-        for i in range(n_layers):
-            act = self.activation if i < n_layers - 1 else None
-            h, c = self.backend.linear_forward(h, self.params[f"{net}.{i}.W"],
-                                               self.params[f"{net}.{i}.b"], act)
-            caches.append(c)
-        return h, caches
-
-    def _mlp_backward(self, net: str, dh, caches, grads: dict, *, need_dx: bool = True):
-        """The same layers in reverse; fills ``grads`` and returns the input's gradient."""
-        for i in range(len(caches) - 1, -1, -1):
-            dh, grads[f"{net}.{i}.W"], grads[f"{net}.{i}.b"] = self.backend.linear_backward(
-                dh, caches[i], need_dx or i > 0)
-        return dh
-
-    # ------------------------------------------------------------------------------------------
     # forward pieces, usable on their own (pictures, evaluation)
 
     def encode(self, x, y=None):
         """x (N, D) -> (mu, logvar), each (N, d)."""
         x = self._check_x(x)
-        out, _ = self._mlp_forward("enc", self._cat(self._dev(x), self.one_hot(y, len(x))))
+        out, _ = self.encoder.forward(self._cat(self._dev(x), self.one_hot(y, len(x))))
         out = self.backend.to_host(out)
         return out[:, : self.z_dim], out[:, self.z_dim :]
 
     def decode(self, z, y=None) -> np.ndarray:
         """z (N, d) -> decoder output (logits or means), (N, D)."""
         z = _checks.finite_array("z", z, dtype=self.dtype, shape=(None, self.z_dim))
-        out, _ = self._mlp_forward("dec", self._cat(self._dev(z), self.one_hot(y, len(z))))
+        out, _ = self.decoder.forward(self._cat(self._dev(z), self.one_hot(y, len(z))))
         return self.backend.to_host(out)
 
     def reconstruct(self, x, y=None) -> np.ndarray:
@@ -253,33 +242,37 @@ class VAE:
         ops, xp = self.backend, self.backend.xp
 
         # forward: encode, sample, decode, score
-        h, enc_caches = self._mlp_forward("enc", self._cat(x, y1))  # h = [mu | logvar]
+        h, enc_caches = self.encoder.forward(self._cat(x, y1))  # h = [mu | logvar], (N, 2d)
         z, kl, z_cache = ops.latent_forward(h, n_samples, eps=eps, key=key)  # (L, N, d), (N,)
+        # rows are sample-major (row l*N + n is sample l of example n): tile, never repeat
         y1_rep = None if y1 is None else np.tile(y1, (n_samples, 1))
-        out, dec_caches = self._mlp_forward("dec", self._cat(z.reshape(n_samples * n, d), y1_rep))
+        out, dec_caches = self.decoder.forward(self._cat(z.reshape(n_samples * n, d), y1_rep))
         x_rep = x if n_samples == 1 else xp.tile(x, (n_samples, 1))
         scale = 1.0 / n if reduction == "mean" else 1.0
-        dlogp = -scale / n_samples  # d loss / d log p(x|z_l) for every example and sample
-        if self.likelihood.name == "bernoulli":  # one fused pass: log p and its gradient
-            logp, dout = ops.bernoulli(x_rep, out, dlogp)
-            lik_grads: dict = {}
-        else:
-            logp, lik_cache = self.likelihood.forward(x_rep, out)
+        dlogp = -scale / n_samples  # d loss / d log p(x|z_l), the same for every example and sample
+        logp, dout, lik_grads = self._score(x_rep, out, dlogp)
         recon = -logp.reshape(n_samples, n).mean(axis=0)  # (N,): -E_q[log p(x|z)], L-sample MC
         loss = scale * float(xp.sum(recon + beta * kl))
         self._check_finite_loss(loss, recon, kl)
 
         # backward: the same steps in reverse order
-        if self.likelihood.name != "bernoulli":
-            dout, lik_grads = self.likelihood.backward(
-                np.full(n_samples * n, dlogp, dtype=self.dtype), lik_cache)
-        grads: dict = {}
-        ddec_in = self._mlp_backward("dec", dout, dec_caches, grads)
-        dz = ddec_in[:, :d].reshape(n_samples, n, d)
+        ddec_in, dec_grads = self.decoder.backward(dout, dec_caches)
+        dz = ddec_in[:, :d].reshape(n_samples, n, d)  # the label columns' gradient is dropped
         dh = ops.latent_backward(dz, beta * scale, z_cache)  # [dmu | dlogvar], KL term included
-        self._mlp_backward("enc", dh, enc_caches, grads, need_dx=False)
-        grads |= {f"lik.{k}": v for k, v in lik_grads.items()}
+        _, enc_grads = self.encoder.backward(dh, enc_caches, need_dx=False)
+        grads = {**{f"dec.{k}": g for k, g in dec_grads.items()},
+                 **{f"enc.{k}": g for k, g in enc_grads.items()},
+                 **{f"lik.{k}": g for k, g in lik_grads.items()}}
         return LossResult(loss, float(recon.mean()), float(kl.mean()), grads, recon, kl)
+
+    def _score(self, x, out, dlogp: float):
+        """(log p(x|z) per row, dlogp * its gradient w.r.t. ``out``, the likelihood's own gradients):
+        the backend's fused op for Bernoulli, the likelihood's reference code for the others (it
+        runs on the backend's arrays)."""
+        if self.likelihood.name == "bernoulli":
+            logp, dout = self.backend.bernoulli(x, out, dlogp)
+            return logp, dout, {}
+        return score(self.likelihood, x, out, dlogp)
 
     @staticmethod
     def _check_finite_loss(loss: float, recon: np.ndarray, kl: np.ndarray) -> None:
@@ -309,7 +302,7 @@ class VAE:
             y1 = None if y1_all is None else y1_all[start : start + batch_size]
             nb = len(xb)
             xb_dev = self._dev(xb)
-            h, _ = self._mlp_forward("enc", self._cat(xb_dev, y1))
+            h, _ = self.encoder.forward(self._cat(xb_dev, y1))
             mu, logvar = h[:, : self.z_dim], h[:, self.z_dim :]
             log_w = np.empty((k, nb))
             chunk = max(1, IWAE_CHUNK_ELEMENTS // (nb * self.x_dim))
@@ -318,7 +311,7 @@ class VAE:
                 eps = self._dev(self.draw_eps(nb, rng, m))
                 z = mu + self.backend.xp.exp(0.5 * logvar) * eps
                 y1_rep = None if y1 is None else np.tile(y1, (m, 1))
-                out, _ = self._mlp_forward("dec", self._cat(z.reshape(m * nb, self.z_dim), y1_rep))
+                out, _ = self.decoder.forward(self._cat(z.reshape(m * nb, self.z_dim), y1_rep))
                 logp, _ = self.likelihood.forward(self.backend.xp.tile(xb_dev, (m, 1)), out)
                 # log q(z|x) with z - mu = std * eps: -1/2 sum(eps^2 + logvar + log 2 pi)
                 log_q = gaussian_log_density(eps.astype(np.float64), 0.0, 0.0) \

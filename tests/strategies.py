@@ -1,4 +1,4 @@
-"""Shared hypothesis strategies: shapes and values in the ranges the issue asks the checks to cover."""
+"""Shared hypothesis strategies: shapes and values in the ranges the checks must cover."""
 
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def test_the_model_trains_through_the_table_like_numpy(emulated_cupy, n_classes)
 
 
 def test_training_follows_the_numpy_backends_loss_trajectory(emulated_cupy):
-    """The issue's 20-step trajectory (tests/trajectory.py) through the cupy table on the emulator."""
+    """The 20-step trajectory every backend must follow (tests/trajectory.py), through the cupy table
+    on the emulator."""
     from trajectory import assert_follows_numpy
 
     assert_follows_numpy(emulated_cupy, "float32", n_classes=3)
@@ -99,3 +100,15 @@ def test_one_loss_matches_numpy_with_either_noise(emulated_cupy, noise):
     from trajectory import assert_one_loss_matches_numpy
 
     assert_one_loss_matches_numpy(emulated_cupy, 70, 3, (33,), 17, noise=noise, activation="elu", n_classes=3)
+
+
+@pytest.mark.parametrize(("likelihood", "n_classes", "steps"), [
+    ("bernoulli", 3, 3), ("cbernoulli", 0, 2), ("gaussian", 3, 2), ("gaussian_learned", 3, 2)])
+def test_every_likelihood_trains_through_the_models_own_networks(emulated_cupy, likelihood, n_classes, steps):
+    """Every likelihood and the conditional model train on the cupy backend (Bernoulli through its
+    kernel, the others through the reference code on the backend's arrays), and after the steps
+    model.encoder / model.decoder compute what the loss used: the weights were never copied away
+    (the stand-in's asarray copies, as a move to a GPU does; tests/one_path.py)."""
+    from one_path import assert_trains_through_its_networks
+
+    assert_trains_through_its_networks(emulated_cupy, likelihood, n_classes, steps)

@@ -7,7 +7,7 @@ with the reference in float64 from the same float32 inputs and ``scale`` the sum
 the terms that make the value (so a cancellation, e.g. mu = -std eps, does not demand digits that
 float32 cannot hold):
 
-* elementwise outputs: RTOL = 1e-5, the issue's float32 bound;
+* elementwise outputs: RTOL = 1e-5, the project's float32 bound;
 * reductions (KL and log-likelihood per row, sums over d <= a few hundred): also 1e-5 of the summed
   magnitudes; a tree sum's error is ~(log2 d + 2) * 6e-8 of that, so a GPU's other order has ~20x room;
 * eps itself: minivae.philox.EPS_TOLERANCE (atol = rtol = 1e-5), which the terms that multiply eps

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from minivae.backends import NUMPY, BackendUnavailable, get_backend
 from minivae.kernels import _cuda, _emulate
+from minivae.kernels import linear as linear_codes
 from minivae.kernels.linear import cuda_c as linear
 from minivae.layers import ACTIVATIONS
 
@@ -57,7 +58,7 @@ NO_COMPILER = f"the CUDA emulator needs a C++20 compiler ({_emulate.CXX} not on 
 needs_compiler = pytest.mark.skipif(_emulate.compiler() is None, reason=NO_COMPILER)
 gpu_only = pytest.mark.skipif(not GPU, reason="no CUDA GPU")
 BACKENDS = [pytest.param("emulate", marks=needs_compiler), pytest.param("cupy", marks=gpu_only)]
-ACTS = list(linear.ACT_CODES)
+ACTS = list(linear_codes.ACT_CODES)
 U = 2.0**-24  # float32's unit roundoff
 TINY = 1e-37  # absolute slack for values in float32's subnormal range
 SENTINEL = -12345.0  # fills the padding around every output view: a store past a row changes it
@@ -346,7 +347,7 @@ def test_the_kernels_activation_parameters_are_the_layers_defaults():
         assert value == ACTIVATIONS[name][3], name
     codes = dict(re.findall(r"ACT_(\w+) = (\d)", text))
     assert {k.lower(): int(v) for k, v in codes.items()} == {
-        "none" if a is None else a: c for a, c in linear.ACT_CODES.items()}
+        "none" if a is None else a: c for a, c in linear_codes.ACT_CODES.items()}
 
 
 # ---- sanitizers ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ tolerances derived from the unit roundoff u of the kernel's dtype, never tuned:
   at a pre-activation within rounding of 0 is judged on the same side), G's float32 error is within
   10 u |dy| s (s >= |act'| the size of the terms act' is made of), and the GEMMs add (K + 10) u;
 * latent and Bernoulli ops: 1e-5 relative of the summed magnitudes of the terms in float32 (the
-  issue's elementwise bound), 1e-12 in float64; Philox normals carry ``philox.EPS_TOLERANCE``;
+  project's elementwise bound), 1e-12 in float64; Philox normals carry ``philox.EPS_TOLERANCE``;
 * Adam: bitwise equal to ``minivae.optim.Adam`` (the kernel runs PyTorch's single-tensor rule in
   the same order without fused multiply-adds, kernels/optim/cpu.py).
 
@@ -36,6 +36,7 @@ from trajectory import assert_follows_numpy, assert_one_loss_matches_numpy  # no
 
 from minivae import latent, optim, philox  # noqa: E402
 from minivae.backends import NUMPY, get_backend  # noqa: E402
+from minivae.kernels import linear as linear_codes  # noqa: E402
 from minivae.kernels.common import philox_numba  # noqa: E402
 from minivae.kernels.latent import cpu as latent_cpu  # noqa: E402
 from minivae.kernels.likelihood import cpu as likelihood_cpu  # noqa: E402
@@ -44,7 +45,7 @@ from minivae.kernels.optim import cpu as optim_cpu  # noqa: E402
 from minivae.layers import ACTIVATIONS  # noqa: E402
 from minivae.likelihoods import Bernoulli  # noqa: E402
 
-ACTS = list(linear_cpu.ACT_CODES)
+ACTS = list(linear_codes.ACT_CODES)
 SIZES = st.sampled_from([1, 2, 3, 5, 17, 31, 33, 64, 65, 129])
 DTYPES = [np.float32, np.float64]
 SEEDS = st.integers(0, 2**32 - 1)
@@ -115,8 +116,8 @@ def layer(seed: int, n: int, d_in: int, d_out: int, dtype):
 
 
 def reference_g(dy: np.ndarray, saved: np.ndarray | None, act: str | None) -> np.ndarray:
-    """G = dy * act'(.) by the reference activation backward, from the state the kernel kept (the
-    output, or the pre-activation for softplus: what minivae.layers' caches hold too)."""
+    """G = dy * act'(.) by the reference activation backward, from the state the kernel kept: the
+    output, what minivae.layers' caches hold too."""
     if act is None:
         return dy
     _, bwd, key, default = ACTIVATIONS[act]
@@ -125,8 +126,8 @@ def reference_g(dy: np.ndarray, saved: np.ndarray | None, act: str | None) -> np
 
 def size_of_act_grad(saved: np.ndarray, act: str | None) -> np.ndarray:
     """s >= |act'|: the size of the terms act' is computed from."""
-    if act == "softplus":  # act' = sigmoid(pre-activation): relatively as accurate as an exp
-        return 1 / (1 + np.exp(-saved))
+    if act == "softplus":  # act' = -expm1(-y): relatively as accurate as an expm1
+        return -np.expm1(-saved)
     s = np.abs(saved)
     return {"elu": s + 1, "tanh": 1 + s * s, "sigmoid": s * (1 + s)}.get(act, np.ones_like(s))
 
@@ -393,14 +394,13 @@ def test_every_kernel_writes_every_output_element(dtype, serial):
     y = rng.standard_normal((n, m)).astype(dtype)
     b = rng.standard_normal(m).astype(dtype)
     for act in ACTS:
-        code = linear_cpu.ACT_CODES[act]
-        yy, out = y.copy(), np.full_like(y, np.nan)
-        pick(linear_cpu._forward_serial, linear_cpu._forward_parallel)(yy, b, code, out)
-        written = out if act == "softplus" else yy  # softplus writes out; the others work in place
-        assert np.isfinite(written).all(), act
+        code = linear_codes.ACT_CODES[act]
+        yy = y.copy()  # the forward works in place: every element must be overwritten by act(y + b)
+        pick(linear_cpu._forward_serial, linear_cpu._forward_parallel)(yy, b, code)
+        assert np.isfinite(yy).all(), act
         if act is not None:
             g, db = np.full_like(y, np.nan), np.full(m, np.nan, dtype)
-            pick(linear_cpu._backward_serial, linear_cpu._backward_parallel)(y, written, code, g, db)
+            pick(linear_cpu._backward_serial, linear_cpu._backward_parallel)(y, yy, code, g, db)
             assert np.isfinite(g).all() and np.isfinite(db).all(), act
     rows = 2 * likelihood_cpu.ROW_BLOCK + 3  # the parallel float32 kernel: three row blocks, one short
     y_b = rng.standard_normal((rows, m)).astype(dtype)

@@ -23,7 +23,7 @@ def _kl_pair():
 def test_reparameterize_backward_matches_finite_differences(n, d, n_samples, seed):
     rng = rng_of(seed)
     mu = rng.normal(0, 3, (n, d))
-    logvar = rng.uniform(-12, 12, (n, d))  # extremes of the issue's range included
+    logvar = rng.uniform(-12, 12, (n, d))  # variances e^logvar from 6e-6 to 1.6e5
     eps = rng.standard_normal((n_samples, n, d))
 
     res = check_function(lambda mu, logvar: reparameterize_forward(mu, logvar, eps),
@@ -105,7 +105,7 @@ def test_directional_mode_on_the_kl_term():
     assert res.ok, str(res)
 
 
-# ---- robustness (issue 7): extreme log-variances, logvar +-80, in float32 and float64 ---------------
+# ---- robustness: extreme log-variances, logvar +-80, in float32 and float64 ------------------------
 
 EXTREME_MU = np.array([[0.0, 3.0, -1e3, 1e-20, 0.5], [-2.0, 0.0, 5.0, 0.0, -1e-3]])
 EXTREME_LOGVAR = np.array([[-80.0, 80.0, 0.0, -80.0, 1e-7], [80.0, 80.0, -80.0, 40.0, -1e-7]])

@@ -134,7 +134,7 @@ def test_non_positive_sigma_is_rejected():
 
 # ---- extreme inputs in float32 and float64, against float64 references -----------------------------
 
-# |logit| >= 17 saturates float32's sigmoid; 89 overflows float32's exp; 1e4 is the issue's extreme.
+# |logit| >= 17 saturates float32's sigmoid; 89 overflows float32's exp; 1e4 is far past both.
 EXTREME_OUTS = np.array([-1e4, -1e3, -100.0, -89.0, -30.0, -17.0, 17.0, 30.0, 89.0, 100.0, 1e3, 1e4])
 EXTREME_LOGVARS = np.tile([80.0, -80.0, 0.0], 4)  # gaussian_learned's own log-variance per dimension
 EXTREME_RTOL = {np.float32: 2e-6, np.float64: 1e-13}
@@ -233,3 +233,34 @@ def test_learned_gaussian_beyond_float32_overflows_to_minus_inf_never_nan():
             assert logp[0] == -np.inf
             np.testing.assert_array_equal(dout, [[-np.inf, np.inf]])
             np.testing.assert_array_equal(grads["logvar"], [np.inf, np.inf])
+
+
+@pytest.mark.parametrize("fn", [cb_log_norm, cb_log_norm_grad, cb_mean])
+def test_continuous_bernoulli_functions_refuse_integer_logits(fn):
+    """They compute in float64 and cast back to the input's dtype: an integer dtype would truncate
+    the result (log C(3) = 1.13 -> 1), so it is refused."""
+    with pytest.raises(ValueError, match="logits must be a float32 or float64 array, got dtype int64"):
+        fn(np.array([3, -2], np.int64))
+    with pytest.raises(ValueError, match="logits must be a float32 or float64 array, got list"):
+        fn([0.5])
+    assert fn(np.array([3.0], np.float32)).dtype == np.float32
+
+
+def test_the_learned_log_variance_has_no_minimum_where_the_mean_fits_exactly():
+    """What GaussianLearned's docstring warns about: where the residual is 0, d log p / d s = -1/2
+    per example at every s (log p grows without bound as s falls), and once e^-s overflows the
+    model's loss raises FloatingPointError instead of returning a number."""
+    from minivae.model import VAE
+
+    lik = make_likelihood("gaussian_learned", 3, np.float64)
+    x = np.array([[0.0, 1.0, -2.0], [0.0, 1.0, -2.0]])
+    for s in (0.0, -30.0, -300.0):
+        lik.params["logvar"][:] = s
+        logp, cache = lik.forward(x, x.copy())
+        _, grads = lik.backward(np.ones(2), cache)
+        np.testing.assert_array_equal(grads["logvar"], [-1.0, -1.0, -1.0])  # two examples, -1/2 each
+        assert logp[0] == pytest.approx(-0.5 * 3 * (s + np.log(2 * np.pi)), rel=1e-15)
+    m = VAE(3, 2, (4,), likelihood="gaussian_learned", rng=rng_of(0))  # float32: e^-s overflows at s < -88.7
+    m.params["lik.logvar"][:] = -100.0
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(FloatingPointError, match="not finite"):
+        m.loss(x.astype(np.float32), rng=rng_of(1))

@@ -209,3 +209,78 @@ def test_a_philox_stream_draws_the_documented_noise_and_advances():
     b = m.loss(x, eps=eps)
     assert a.loss == b.loss
     assert all(np.array_equal(a.grads[k], b.grads[k]) for k in a.grads)
+
+
+# ---- one training path: the networks a reader studies are the ones the loss runs -------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(("likelihood", "n_classes", "steps"), [
+    ("bernoulli", 0, 0), ("bernoulli", 3, 3), ("cbernoulli", 0, 2), ("gaussian", 3, 2),
+    ("gaussian_learned", 0, 2)])
+def test_the_model_trains_through_its_encoder_and_decoder_objects(backend, likelihood, n_classes, steps):
+    """After any number of steps, model.encoder.forward / model.decoder.forward give bit for bit what
+    the loss used (tests/one_path.py)."""
+    from one_path import assert_trains_through_its_networks
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    assert_trains_through_its_networks(backend, likelihood, n_classes, steps)
+
+
+# ---- forward values against closed forms (a gradient check cannot see a wrong forward) -------------
+
+def _bernoulli_logp(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    return np.sum(x * logits - np.logaddexp(0.0, logits), axis=-1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 100])
+@pytest.mark.parametrize("n_classes", [0, 3])
+def test_iwae_is_log_p_x_exactly_when_the_decoder_ignores_z_and_q_is_the_prior(k, n_classes):
+    """Zero weights in the decoder's first layer (on z) and a zero encoder head make every importance
+    weight p(x|z) p(z) / q(z|x) the same known number p(x | the decoder's constant output), so the
+    estimate is log p(x) for every K: a missing - log K, or a wrong log q or log p(z), shows."""
+    rng = rng_of(11)
+    d, x_dim, c = 3, 6, n_classes
+    m = VAE(x_dim, d, (5,), activation="tanh", n_classes=c, dtype="float64", rng=rng)
+    m.params["enc.1.W"][:] = 0  # the encoder's head: mu = 0, logvar = 0, q(z|x) = N(0, I) = p(z)
+    m.params["enc.1.b"][:] = 0
+    m.params["dec.0.W"][:, :d] = 0  # the decoder sees z through nothing
+    x = (rng.random((4, x_dim)) < 0.5).astype(float)
+    y = rng.integers(0, c, 4) if c else None
+    # the decoder's output, by hand: tanh(b0 + W0 y1) then the last Linear layer
+    label_in = 0.0 if y is None else m.params["dec.0.W"][:, d + y].T
+    hidden = np.tanh(m.params["dec.0.b"] + label_in)
+    logits = hidden @ m.params["dec.1.W"].T + m.params["dec.1.b"]
+    want = _bernoulli_logp(x, np.broadcast_to(logits, x.shape))
+    got = m.iwae(x, y, k=k, rng=rng_of(3), batch_size=3).log_px
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_classes", [0, 3])
+def test_the_loss_value_is_the_hand_computed_elbo_with_each_sample_decoded_with_its_own_label(n_classes):
+    """The -ELBO's two terms per example, computed here from the parameters with no code of the
+    model's: with 2 samples per example, every sample's decoder input carries its own example's
+    label (a repeat for a tile, or a dropped label, changes the reconstruction term)."""
+    rng = rng_of(12)
+    d, x_dim, n, c = 2, 5, 3, n_classes
+    m = VAE(x_dim, d, (), n_classes=c, dtype="float64", rng=rng)  # one Linear layer each: no hidden
+    for k in m.params:
+        m.params[k][...] = rng.normal(0, 1.5, m.params[k].shape)  # labels that matter a lot
+    x = (rng.random((n, x_dim)) < 0.5).astype(float)
+    y = np.array([0, 2, 1]) if c else None
+    eps = rng.standard_normal((2, n, d))
+    res = m.loss(x, y, eps=eps, beta=0.5)
+
+    y1 = np.eye(c)[y] if c else np.zeros((n, 0))
+    We, be, Wd, bd = (m.params[k] for k in ("enc.0.W", "enc.0.b", "dec.0.W", "dec.0.b"))
+    h = np.concatenate([x, y1], axis=1) @ We.T + be
+    mu, logvar = h[:, :d], h[:, d:]
+    kl = 0.5 * np.sum(mu**2 + np.exp(logvar) - 1 - logvar, axis=1)
+    recon = np.zeros(n)
+    for sample in eps:
+        z = mu + np.exp(0.5 * logvar) * sample
+        logits = np.concatenate([z, y1], axis=1) @ Wd.T + bd  # example i's own label, every sample
+        recon -= _bernoulli_logp(x, logits) / len(eps)
+    np.testing.assert_allclose(res.kl_per_example, kl, rtol=1e-12)
+    np.testing.assert_allclose(res.recon_per_example, recon, rtol=1e-12)
+    assert res.loss == pytest.approx(np.mean(recon + 0.5 * kl), rel=1e-12)

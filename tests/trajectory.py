@@ -1,6 +1,6 @@
 """The loss trajectory of a short training run on one backend: what every backend must follow.
 
-The issue's contract for the kernel backends: whole-model training with every available backend
+The contract for the kernel backends: whole-model training with every available backend
 follows the numpy backend's loss trajectory (same seed, 20 steps) within float32 tolerance. One
 function makes the trajectory so that each backend's test module (which selects its own device or
 simulator first) runs exactly the same run.

@@ -1,10 +1,10 @@
 """Numba CPU form of the latent ops: the reparameterized sample with the KL term, and its backward.
 
-NumPy reference: ``minivae.backends.NUMPY.latent_forward/latent_backward`` (composed from
-``minivae.latent``). ``h = [mu | logvar]`` (N, 2d); L samples; eps is given (L, N, d) or drawn from
-the Philox stream ``key = (seed, offset)``: element ``e`` of the C-order flat (L, N, d) tensor is
-stream element ``offset + e`` (``minivae.philox``). The forward keeps the noise it used (L N d
-floats, as the NumPy reference does) and the backward reads it: on the CPU, running Philox and
+NumPy reference: ``minivae.latent.latent_forward/latent_backward`` (the numpy backend's op).
+``h = [mu | logvar]`` (N, 2d); L samples; eps is given (L, N, d) or drawn from the Philox stream
+``key = (seed, offset)``: element ``e`` of the C-order flat (L, N, d) tensor is stream element
+``offset + e`` (``minivae.philox``). The forward keeps the noise it used (L N d floats, as the
+NumPy reference does) and the backward reads it: on the CPU, running Philox and
 Box-Muller again cost more than the memory (measured on one core at 1024 x 20, float32: the
 backward took ~0.5 ms regenerating eps with the libm forms, ~0.1 ms reading it, vectorised). The
 GPU kernels regenerate it instead.
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from minivae import _checks
 from minivae.kernels.common.philox_numba import fill_stream, split_seed
 from minivae.kernels.common.vecmath import exp, expm1, sum_f64
-
-STREAM_LENGTH = 2**64  # Philox stream indices are uint64 (minivae.philox)
+from minivae.philox import STREAM_LENGTH
 
 _JIT = {"cache": True, "fastmath": {"contract"}, "error_model": "numpy"}
 
@@ -87,9 +87,8 @@ def _stream(key: tuple[int, int], count: int) -> tuple[np.uint64, np.uint64, np.
     except (TypeError, ValueError):
         raise ValueError(f"key must be a pair (seed, offset), got {key!r}") from None
     seed_lo, seed_hi = split_seed(seed)
-    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or not 0 <= offset:
-        raise ValueError(f"key's offset must be an integer >= 0, got {offset!r}")
-    if int(offset) + count > STREAM_LENGTH:
+    offset = _checks.integer("key's offset", offset, 0)
+    if offset + count > STREAM_LENGTH:
         raise ValueError(f"key's offset + z.size must be <= 2**64 (the stream's length), "
                          f"got offset={offset}, "
                          f"z.size={count}")
@@ -115,10 +114,7 @@ def latent_forward(h: np.ndarray, n_samples: int, eps=None, key=None) -> tuple[n
     if h.ndim != 2 or h.shape[1] % 2 or h.shape[1] == 0:
         raise ValueError(f"h must be [mu | logvar] of shape (N, 2d) with d >= 1, got shape {h.shape}")
     n, d = h.shape[0], h.shape[1] // 2
-    if eps is None and (isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer))
-                        or n_samples < 1):
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-    shape = (int(n_samples) if eps is None else len(eps), n, d)
+    shape = (_checks.integer("n_samples", n_samples, 1) if eps is None else len(eps), n, d)
     noise = _noise(h, shape, eps, key)
     z, kl = np.empty(shape, h.dtype), np.empty(n, h.dtype)
     _forward(h, *noise, z, kl)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from minivae.kernels import _cuda
+from minivae.philox import STREAM_LENGTH
 
 SOURCE = Path(__file__).with_name("latent.cu")
 # One block per example row. Latent widths are small (2 to a few hundred), so two warps cover a
@@ -21,8 +22,6 @@ FORWARD_BLOCK = 64
 # The backward is elementwise over (N, d): 8 warps per block is the usual size for a memory-bound
 # elementwise kernel (enough warps in flight per block, several blocks per SM).
 BACKWARD_BLOCK = 256
-STREAM_LENGTH = 2**64  # Philox stream indices are uint64 (minivae/philox.py)
-INT32_LIMIT = 2**31  # N, d and L are C ints in the kernels
 
 
 def _stream(seed: int, offset: int, count: int) -> tuple[np.uint64, np.uint64]:
@@ -48,9 +47,9 @@ def forward(mu: Any, logvar: Any, seed: int, offset: int, samples: int | None = 
     mu, mu_k, ld_mu = _cuda.check_matrix("mu", mu, (None, None), xp)
     n, d = mu.shape
     logvar, logvar_k, ld_logvar = _cuda.check_matrix("logvar", logvar, (n, d), xp)
-    _cuda.check_int("N", n, 1, INT32_LIMIT)
-    _cuda.check_int("d", d, 1, INT32_LIMIT)
-    z_shape = (n, d) if samples is None else (_cuda.check_int("samples", samples, 1, INT32_LIMIT), n, d)
+    _cuda.check_int("N", n, 1, _cuda.INT32_LIMIT)
+    _cuda.check_int("d", d, 1, _cuda.INT32_LIMIT)
+    z_shape = (n, d) if samples is None else (_cuda.check_int("samples", samples, 1, _cuda.INT32_LIMIT), n, d)
     seed_, offset_ = _stream(seed, offset, n * d * (1 if samples is None else samples))
     block = _cuda.check_block("block", block, whole_warps=True)
     grid = _cuda.check_grid("grid", grid, n)
@@ -83,9 +82,10 @@ def backward(dz: Any, mu: Any, logvar: Any, seed: int, offset: int, kl_weight: f
         dz = _cuda.check_array("dz", dz, (n, d), xp)
     else:
         dz = _cuda.check_array("dz", dz, (None, n, d), xp)
-    samples = 1 if dz.ndim == 2 else _cuda.check_int("dz.shape[0] (samples)", dz.shape[0], 1, INT32_LIMIT)
-    _cuda.check_int("N", n, 1, INT32_LIMIT)
-    _cuda.check_int("d", d, 1, INT32_LIMIT)
+    samples = 1 if dz.ndim == 2 else _cuda.check_int("dz.shape[0] (samples)", dz.shape[0], 1,
+                                                     _cuda.INT32_LIMIT)
+    _cuda.check_int("N", n, 1, _cuda.INT32_LIMIT)
+    _cuda.check_int("d", d, 1, _cuda.INT32_LIMIT)
     seed_, offset_ = _stream(seed, offset, dz.size)
     if not np.isfinite(kl_weight):
         raise ValueError(f"kl_weight must be a finite number, got {kl_weight!r}")

@@ -1,6 +1,6 @@
 """The latent step of a VAE in Numba CUDA: reparameterized samples and the KL term, fused.
 
-Reference: ``minivae.backends.NUMPY`` (``minivae.latent``: reparameterize_*, kl_*); derivations in
+Reference: ``minivae.latent.latent_forward/latent_backward`` (reparameterize_*, kl_*); derivations in
 docs/derivations.md, "Reparameterization" and "KL term". The CUDA C twin is ``latent.cu``.
 
 h = [mu | logvar] (N, 2d) is the encoder's head, read in place (no split). The noise is either given
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numba import cuda, from_dtype
 
-from minivae import philox
+from minivae import _checks, philox
 from minivae.kernels import _cuda
 from minivae.kernels import numba_cuda as nbc
 from minivae.kernels.common import philox_numba
@@ -98,8 +98,7 @@ def _noise_args(eps: Any, key: tuple[int, int] | None, shape: tuple[int, int, in
     except (TypeError, ValueError):
         raise ValueError(f"key must be a pair (seed, offset), got {key!r}") from None
     seed_lo, seed_hi = philox_numba.split_seed(seed)
-    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or not 0 <= offset < 2**64:
-        raise ValueError(f"key's offset must be an integer in [0, 2**64), got {offset!r}")
+    offset = _checks.integer("key's offset", offset, 0, philox.STREAM_LENGTH)
     count = math.prod(shape)
     if offset + count > philox.STREAM_LENGTH:
         raise ValueError(f"offset + z.size must be <= 2**64 (the stream's length), got offset={offset}, "

@@ -1,6 +1,6 @@
 """Numba CPU form of the Bernoulli likelihood: per-example log p(x|z) and its gradient in one pass.
 
-NumPy reference: ``minivae.backends.NUMPY.bernoulli`` (``minivae.likelihoods.Bernoulli``). With
+NumPy reference: ``minivae.likelihoods.bernoulli`` (the numpy backend's op). With
 logits l: log p = sum_j x l - softplus(l), d log p / d l = x - sigmoid(l); both share the one
 ``exp(-|l|)`` per element (the stable forms of ``minivae.layers``).
 

@@ -18,7 +18,6 @@ SOURCE = Path(__file__).with_name("bernoulli.cu")
 # row in a handful of passes while the row sum stays one block_sum; a multiple of 32 because that
 # reduction shuffles whole warps.
 BLOCK = 128
-INT32_LIMIT = 2**31  # N and D are C ints in the kernel
 
 
 def bernoulli_forward_backward(x: Any, logits: Any, dlogp: float, *, backend: str = "emulate",
@@ -33,8 +32,8 @@ def bernoulli_forward_backward(x: Any, logits: Any, dlogp: float, *, backend: st
     logits = _cuda.check_array("logits", logits, (None, None), xp)
     n, d = logits.shape
     x = _cuda.check_array("x", x, (n, d), xp)
-    _cuda.check_int("N", n, 1, INT32_LIMIT)
-    _cuda.check_int("D", d, 1, INT32_LIMIT)
+    _cuda.check_int("N", n, 1, _cuda.INT32_LIMIT)
+    _cuda.check_int("D", d, 1, _cuda.INT32_LIMIT)
     if not np.isfinite(dlogp):
         raise ValueError(f"dlogp must be a finite number, got {dlogp!r}")
     block = _cuda.check_block("block", block, whole_warps=True)

@@ -1,6 +1,7 @@
 """The Bernoulli likelihood on logits in Numba CUDA: per-example log-likelihood and its gradient in
-one pass. Reference: ``minivae.backends.NUMPY`` (``minivae.likelihoods.Bernoulli`` forward, then
-backward); derivation in docs/derivations.md, "Likelihoods". The CUDA C twin is ``bernoulli.cu``.
+one pass. Reference: ``minivae.likelihoods.bernoulli`` (the numpy backend's op: ``Bernoulli``'s
+forward, then backward); derivation in docs/derivations.md, "Likelihoods". The CUDA C twin is
+``bernoulli.cu``.
 
     logp[n]      = sum_j x_nj l_nj - softplus(l_nj)
     dlogits[n,j] = dlogp (x_nj - sigmoid(l_nj))

@@ -1,15 +1,15 @@
 """Numba CPU form of the fused linear(+activation) op: ``y = act(x W^T + b)`` and its backward.
 
-NumPy reference: ``minivae.backends.NUMPY.linear_forward/linear_backward`` (composed from
-``minivae.layers``); same signatures and results (tests/test_kernels_numba_cpu.py).
+NumPy reference: ``minivae.layers.linear_act_forward/linear_act_backward`` (the numpy backend's
+op); same signatures and results (tests/test_kernels_numba_cpu.py).
 
 The GEMMs stay with NumPy's vendor BLAS (OpenBLAS here): it is register-blocked, vectorised and
 cache-tiled for this very CPU, and a hand-written Numba GEMM reaches a fraction of it; the CUDA
 forms of this op show that ladder. What a CPU kernel can still save is the elementwise traffic
 around the GEMM, which NumPy spreads over several passes and temporaries:
 
-- forward: one pass over ``x W^T`` that adds the bias and applies the activation in place, keeping
-  only what the backward needs (the output, or the pre-activation for softplus);
+- forward: one pass over ``x W^T`` that adds the bias and applies the activation in place; the
+  output is all the backward needs, for every activation (docs/derivations.md, "Activations");
 - backward: one pass that forms ``G = dy * act'(.)`` and accumulates ``db`` (the column sums of G)
   on the way, then BLAS for ``dx = G W`` and ``dW = G^T x``.
 
@@ -26,14 +26,11 @@ from numba import njit, prange
 
 from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
 from minivae.kernels.common.vecmath import expm1, softplus_sigmoid
-from minivae.layers import ACTIVATIONS
+from minivae.kernels.linear import ACT_CODES, ELU_ALPHA, LEAKY_RELU_SLOPE, act_code
 
-# Activation codes: Numba kernels branch on an int, not a name.
-ACT_CODES = {None: 0, "relu": 1, "leaky_relu": 2, "elu": 3, "tanh": 4, "sigmoid": 5, "softplus": 6}
-NONE, RELU, LEAKY_RELU, ELU, TANH, SIGMOID, SOFTPLUS = range(7)
-# The backend table passes only the activation's name, so its parameter is the layer's default.
-LEAKY_SLOPE = ACTIVATIONS["leaky_relu"][3]
-ELU_ALPHA = ACTIVATIONS["elu"][3]
+# The kernels branch on the activation's code (module globals are compile-time constants to Numba).
+NONE, RELU, LEAKY_RELU, ELU = ACT_CODES[None], ACT_CODES["relu"], ACT_CODES["leaky_relu"], ACT_CODES["elu"]
+TANH, SIGMOID, SOFTPLUS = ACT_CODES["tanh"], ACT_CODES["sigmoid"], ACT_CODES["softplus"]
 # Below this many elements a pass runs on one thread: waking the thread pool (10-185 us on 2 cores,
 # common/numba_threads.py) costs more than it saves (measured: a 128 x 784 relu backward pass takes
 # ~60 us serial; the training step at batch 128 ran 5.1 -> 4.6 ms with every such pass serial).
@@ -61,8 +58,8 @@ def _tanh(v):
     return r if v >= 0 else -r
 
 
-# Elementwise activations: y = f(v) and the backward's dy * f'(.) from the saved value s (the
-# output, or the pre-activation for softplus). Formulas as in minivae.layers.
+# Elementwise activations: y = f(v) and the backward's dy * f'(.) from the output s = y. Formulas as
+# in minivae.layers.
 
 
 @njit(inline="always")
@@ -82,12 +79,12 @@ def _relu_grad(dy, s):
 
 @njit(inline="always")
 def _leaky_relu(v):
-    return v if v > 0 else v * type(v)(LEAKY_SLOPE)
+    return v if v > 0 else v * type(v)(LEAKY_RELU_SLOPE)
 
 
 @njit(inline="always")
 def _leaky_relu_grad(dy, s):
-    return dy if s > 0 else dy * type(dy)(LEAKY_SLOPE)  # slope > 0: sign(y) = sign(x)
+    return dy if s > 0 else dy * type(dy)(LEAKY_RELU_SLOPE)  # slope > 0: sign(y) = sign(x)
 
 
 @njit(inline="always")
@@ -122,7 +119,7 @@ def _softplus(v):
 
 @njit(inline="always")
 def _softplus_grad(dy, s):
-    return dy * softplus_sigmoid(s)[1]  # softplus' = sigmoid
+    return dy * -expm1(-s)  # softplus'(x) = sigmoid(x) = 1 - e^-y
 
 
 # Row loops, specialised per activation: Numba compiles one loop per function it is handed, so a
@@ -138,15 +135,6 @@ def _apply(yi, b, f):
 
 
 @njit(inline="always")
-def _apply_keep(yi, b, oi, f):
-    """yi = yi + b (kept for the backward), oi = f(yi)."""
-    for j in range(yi.size):
-        v = yi[j] + b[j]
-        yi[j] = v
-        oi[j] = f(v)
-
-
-@njit(inline="always")
 def _grad(dyi, si, gi, acc, f):
     """gi = f(dyi, si) (dy * act'), acc += gi."""
     for j in range(dyi.size):
@@ -156,8 +144,8 @@ def _grad(dyi, si, gi, acc, f):
 
 
 @njit(inline="always")
-def _forward_row(yi, b, oi, code):
-    """One row of the forward; oi is written for softplus only (the others work in place on yi)."""
+def _forward_row(yi, b, code):
+    """One row of the forward, in place."""
     if code == RELU:
         _apply(yi, b, _relu)
     elif code == LEAKY_RELU:
@@ -169,7 +157,7 @@ def _forward_row(yi, b, oi, code):
     elif code == SIGMOID:
         _apply(yi, b, _sigmoid)
     elif code == SOFTPLUS:
-        _apply_keep(yi, b, oi, _softplus)
+        _apply(yi, b, _softplus)
     else:
         _apply(yi, b, _identity)
 
@@ -192,17 +180,17 @@ def _backward_row(dyi, si, gi, acc, code):
 
 
 @njit(**_JIT)
-def _forward_serial(y, b, code, out):
-    """out = act(y + b) row by row; for softplus y keeps y + b (the pre-activation)."""
+def _forward_serial(y, b, code):
+    """y = act(y + b) in place, row by row."""
     for i in range(y.shape[0]):
-        _forward_row(y[i], b, out[i], code)
+        _forward_row(y[i], b, code)
 
 
 @njit(parallel=True, **_JIT)
-def _forward_parallel(y, b, code, out):
+def _forward_parallel(y, b, code):
     """_forward_serial with the rows shared between threads."""
     for i in prange(y.shape[0]):
-        _forward_row(y[i], b, out[i], code)
+        _forward_row(y[i], b, code)
 
 
 @njit(**_JIT)
@@ -226,26 +214,19 @@ def _backward_parallel(dy, saved, code, g, db):
     db[:] = acc
 
 
-def _code(act: str | None) -> int:
-    if act not in ACT_CODES:
-        raise ValueError(f"act must be None or one of {', '.join(a for a in ACT_CODES if a)}, got {act!r}")
-    return ACT_CODES[act]
-
-
 def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, act: str | None) -> tuple[np.ndarray, Any]:
     """y = act(x W^T + b). x: (N, D_in), W: (D_out, D_in), b: (D_out,) -> y (N, D_out), cache.
 
-    The cache is (x, W, saved, code): saved is y itself (relu, leaky_relu, elu, tanh, sigmoid: the
-    output determines the derivative) or the pre-activation (softplus); None without activation.
+    The cache is (x, W, saved, code): saved is y itself (every activation's derivative is a
+    function of its output), None without activation.
     """
-    code = _code(act)
+    code = act_code(act)
     y = x @ W.T  # vendor BLAS (see the module docstring)
     b = np.ascontiguousarray(b, dtype=y.dtype)
-    out = np.empty_like(y) if code == SOFTPLUS else y
     kernel = _forward_parallel if y.size >= PARALLEL_MIN_ELEMENTS else _forward_serial
-    kernel(y, b, code, out)
+    kernel(y, b, code)
     saved = None if code == NONE else y
-    return out, (x, W, saved, code)
+    return y, (x, W, saved, code)
 
 
 def linear_backward(dy: np.ndarray, cache: Any, need_dx: bool = True):

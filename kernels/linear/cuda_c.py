@@ -1,9 +1,9 @@
 """Launchers for ``linear.cu``: the fused linear(+activation) op, forward and backward.
 
-Same results as ``minivae.backends.NUMPY.linear_forward`` / ``linear_backward`` to float32 GEMM
-tolerances (see tests/test_kernels_linear_cuda.py). ``version`` picks the rung of the optimisation
-ladder (``FORWARD`` and ``BACKWARD`` below; linear.cu says what each adds); the default is the
-production rung, 4.
+Same results as ``minivae.layers.linear_act_forward`` / ``linear_act_backward`` (the numpy backend's
+op) to float32 GEMM tolerances (see tests/test_kernels_linear_cuda.py). ``version`` picks the rung
+of the optimisation ladder (``FORWARD`` and ``BACKWARD`` below; linear.cu says what each adds); the
+default is the production rung, 4.
 
 Matrices may be row-strided views (unit column stride, row stride ``ld >= width`` elements, e.g. a
 column slice of a wider array): the kernels take a leading dimension per matrix, so no copy is made.
@@ -21,11 +21,9 @@ from typing import Any
 import numpy as np
 
 from minivae.kernels import _cuda
+from minivae.kernels.linear import act_code as _act_code
 
 SOURCE = Path(__file__).with_name("linear.cu")
-# linear.cu's activation codes (the same as kernels/linear/cpu.py's); None is no activation.
-ACT_CODES = {None: 0, "relu": 1, "leaky_relu": 2, "elu": 3, "tanh": 4, "sigmoid": 5, "softplus": 6}
-INT32_LIMIT = _cuda.INT32_LIMIT  # sizes and leading dimensions are C ints in the kernels
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which runs over the row tiles
 ITEM = _cuda.FLOAT32_ITEM
 
@@ -65,10 +63,8 @@ PRODUCTION = 4
 
 
 def act_code(act: str | None) -> np.int32:
-    if act not in ACT_CODES:
-        names = ", ".join(a for a in ACT_CODES if a)
-        raise ValueError(f"act must be None or one of {names}, got {act!r}")
-    return np.int32(ACT_CODES[act])
+    """linear.cu's code for ``act`` (kernels/linear/__init__.py's ACT_CODES), as the C int it takes."""
+    return np.int32(_act_code(act))
 
 
 def _rung(table: dict, version: Any, what: str):

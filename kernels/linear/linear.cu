@@ -1,6 +1,6 @@
 // The linear layer in CUDA C: y = act(x W^T + b) and its backward, with the elementwise steps fused
-// into the GEMMs. NumPy reference: minivae.backends.NUMPY.linear_forward / linear_backward (composed
-// from minivae/layers.py); derivations in docs/derivations.md, "Linear layer" and "Activations".
+// into the GEMMs. NumPy reference: minivae.layers.linear_act_forward / linear_act_backward (the numpy
+// backend's op); derivations in docs/derivations.md, "Linear layer" and "Activations".
 //
 // Shapes (float32, row-major, each matrix with its own leading dimension ld >= its width, so a
 // row-strided view needs no copy): x (N, D_in), W (D_out, D_in) (PyTorch's layout), b (D_out,),
@@ -26,7 +26,7 @@
 #include "launch.cuh"
 
 // ---- activations -------------------------------------------------------------------------------
-// Codes as kernels/linear/cuda_c.py's ACT_CODES (and kernels/linear/cpu.py's).
+// Codes as kernels/linear/__init__.py's ACT_CODES (tests/test_kernels_linear_cuda.py compares them).
 constexpr int ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY_RELU = 2, ACT_ELU = 3, ACT_TANH = 4, ACT_SIGMOID = 5,
               ACT_SOFTPLUS = 6;
 // The backend table passes only the activation's name, so its parameter is minivae.layers' default.

@@ -1,7 +1,8 @@
 """The fused linear layer in Numba CUDA: y = act(x W^T + b) and its backward, as tiled SGEMMs.
 
-Reference: ``minivae.backends.NUMPY`` (``minivae.layers``: linear_forward/backward and the activation
-pairs); derivations in docs/derivations.md, "Linear layer" and "Activations".
+Reference: ``minivae.layers.linear_act_forward/linear_act_backward`` (the numpy backend's op: the
+Linear pair and the activation pairs); derivations in docs/derivations.md, "Linear layer" and
+"Activations".
 
 One GEMM kernel body, C = A B, serves all three products of a layer; A and B are 2-D views in any
 layout (W^T and dy^T are transposes, not copies):
@@ -10,9 +11,9 @@ layout (W^T and dy^T are transposes, not copies):
 * backward  dx = G W:              A = G (N, D_out), B = W;
             dW = G^T x:            A = G^T,          B = x;   db = row sums of A, accumulated alongside.
 
-with G = dy * act'(s) formed while A's tile is loaded (never stored): ``s`` is what the forward kept,
-the output y for relu, leaky_relu, elu, tanh and sigmoid, whose derivatives are functions of it, and
-the pre-activation for softplus, whose derivative sigmoid(a) is not.
+with G = dy * act'(.) formed from the forward's output y while A's tile is loaded (never stored):
+every activation's derivative is a function of y (softplus' sigmoid(a) = -expm1(-y)), so y is all
+the forward keeps.
 
 The step on the optimisation ladder (siboehm/SGEMM_CUDA numbering): shared-memory tiles (3) with
 2-D register blocking (5): a block computes a BM x BN tile of C, walking K in steps of BK; each thread
@@ -32,15 +33,11 @@ import numpy as np
 from numba import cuda, from_dtype
 
 from minivae.kernels import numba_cuda as nbc
-from minivae.layers import ACTIVATIONS
+from minivae.kernels.linear import ACT_CODES, ELU_ALPHA, LEAKY_RELU_SLOPE, act_code
 
 # The kernels take the activation as an int; one compiled kernel serves all seven.
-ACT_NAMES = (None, "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus")
-ACT_CODES = {name: code for code, name in enumerate(ACT_NAMES)}
-ACT_NONE, ACT_RELU, ACT_LEAKY_RELU, ACT_ELU, ACT_TANH, ACT_SIGMOID, ACT_SOFTPLUS = range(len(ACT_NAMES))
-# The backend table names an activation only, so its parameter is the reference's default.
-LEAKY_RELU_SLOPE = ACTIVATIONS["leaky_relu"][3]
-ELU_ALPHA = ACTIVATIONS["elu"][3]
+ACT_NONE, ACT_RELU, ACT_LEAKY_RELU = ACT_CODES[None], ACT_CODES["relu"], ACT_CODES["leaky_relu"]
+ACT_ELU, ACT_TANH, ACT_SIGMOID, ACT_SOFTPLUS = (ACT_CODES[a] for a in ("elu", "tanh", "sigmoid", "softplus"))
 SHARED_MEMORY_LIMIT = 48 * 1024  # bytes of static shared memory a block may declare (CUDA's limit)
 
 
@@ -108,7 +105,7 @@ def _activations(dtype: np.dtype):
 
     @cuda.jit(device=True)
     def derivative(act, s):
-        """act' from what the forward kept: the output y, or the pre-activation for softplus."""
+        """act' from the forward's output s = y."""
         if act == ACT_RELU:
             return one if s > zero else zero
         if act == ACT_LEAKY_RELU:
@@ -120,7 +117,7 @@ def _activations(dtype: np.dtype):
         if act == ACT_SIGMOID:
             return s * (one - s)
         if act == ACT_SOFTPLUS:
-            return sigmoid(s)
+            return -math.expm1(-s)  # sigmoid(a) = 1 - e^-y
         return one
 
     return activate, derivative
@@ -137,8 +134,8 @@ def _kernels(dtype_str: str, tiles: Tiles):
     THREADS, THREADS_N = tiles.threads, BN // TN
 
     @cuda.jit(device=True)
-    def load_tile(src, saved, act, row0, col0, tile):
-        """tile = src[row0:, col0:] (times act'(saved) unless act is ACT_NONE), zero past the edges.
+    def load_tile(src, y, act, row0, col0, tile):
+        """tile = src[row0:, col0:] (times act' from y unless act is ACT_NONE), zero past the edges.
         Consecutive threads take consecutive elements along src's contiguous axis (coalesced)."""
         rows, cols = tile.shape
         n_rows, n_cols = src.shape
@@ -153,11 +150,11 @@ def _kernels(dtype_str: str, tiles: Tiles):
             if i < n_rows and j < n_cols:
                 v = src[i, j]
                 if act != ACT_NONE:
-                    v *= derivative(act, saved[i, j])  # G = dy * act'(s), formed on the way in
+                    v *= derivative(act, y[i, j])  # G = dy * act'(.), formed on the way in
             tile[r, c] = v
 
     @cuda.jit(device=True)
-    def mainloop(a, saved, act, b, acc, rowsum, sum_rows):
+    def mainloop(a, y, act, b, acc, rowsum, sum_rows):
         """acc = this thread's TM x TN patch of A B; rowsum = its TM rows' sums of A if sum_rows."""
         a_tile = cuda.shared.array((BM, BK), nb_type)
         b_tile = cuda.shared.array((BK, BN), nb_type)
@@ -170,7 +167,7 @@ def _kernels(dtype_str: str, tiles: Tiles):
             for c in range(TN):
                 acc[r, c] = zero
         for k0 in range(0, a.shape[1], BK):
-            load_tile(a, saved, act, row0, k0, a_tile)
+            load_tile(a, y, act, row0, k0, a_tile)
             load_tile(b, b, ACT_NONE, k0, col0, b_tile)
             cuda.syncthreads()  # both tiles complete before anyone reads them
             for kk in range(BK):
@@ -187,8 +184,8 @@ def _kernels(dtype_str: str, tiles: Tiles):
             cuda.syncthreads()  # everyone is done with the tiles before the next load overwrites them
 
     @cuda.jit
-    def forward(x, wt, bias, y, pre, act):
-        """y = act(x wt + bias) (N, M); pre = x wt + bias as well when act is softplus."""
+    def forward(x, wt, bias, y, act):
+        """y = act(x wt + bias) (N, M)."""
         acc = cuda.local.array((TM, TN), nb_type)
         rowsum = cuda.local.array(TM, nb_type)
         mainloop(x, x, ACT_NONE, wt, acc, rowsum, False)
@@ -198,20 +195,17 @@ def _kernels(dtype_str: str, tiles: Tiles):
             for c in range(TN):
                 i, j = i0 + r, j0 + c
                 if i < y.shape[0] and j < y.shape[1]:
-                    a = acc[r, c] + bias[j]
-                    if act == ACT_SOFTPLUS:
-                        pre[i, j] = a
-                    y[i, j] = activate(act, a)
+                    y[i, j] = activate(act, acc[r, c] + bias[j])
 
     @cuda.jit
-    def backward(dy, saved, act, b, out, rowsums, want_rowsums):
-        """out = G b with G = dy * act'(saved); rowsums = row sums of G if want_rowsums."""
+    def backward(dy, y, act, b, out, rowsums, want_rowsums):
+        """out = G b with G = dy * act'(.) from y; rowsums = row sums of G if want_rowsums."""
         acc = cuda.local.array((TM, TN), nb_type)
         rowsum = cuda.local.array(TM, nb_type)
         tx = cuda.threadIdx.x % THREADS_N
         # One thread per row of C sums the row: column-0 threads of the first column of blocks.
         sum_rows = want_rowsums and cuda.blockIdx.y == 0 and tx == 0
-        mainloop(dy, saved, act, b, acc, rowsum, sum_rows)
+        mainloop(dy, y, act, b, acc, rowsum, sum_rows)
         i0 = cuda.blockIdx.x * BM + (cuda.threadIdx.x // THREADS_N) * TM
         j0 = cuda.blockIdx.y * BN + tx * TN
         for r in range(TM):
@@ -234,21 +228,12 @@ def _grid(rows: int, cols: int, tiles: Tiles) -> tuple[int, int]:
     return grid
 
 
-def _act_code(act: str | None) -> int:
-    if act not in ACT_CODES:
-        raise ValueError(f"act must be None or one of {', '.join(ACT_NAMES[1:])}, got {act!r}")
-    return ACT_CODES[act]
-
-
-def forward(x: Any, W: Any, b: Any, act: str | None = None, *,
-            tiles: Tiles = TILES) -> tuple[Any, Any | None]:
-    """y = act(x W^T + b) and what the backward needs of it.
+def forward(x: Any, W: Any, b: Any, act: str | None = None, *, tiles: Tiles = TILES) -> Any:
+    """y = act(x W^T + b) (N, D_out): all the backward needs.
 
     x: (N, D_in), W: (D_out, D_in), b: (D_out,), one dtype (float32 or float64), C-contiguous.
-    Returns (y (N, D_out), saved): saved is None without an activation, the pre-activation
-    (N, D_out) for softplus, else y itself.
     """
-    code = _act_code(act)
+    code = act_code(act)
     x = nbc.check_array("x", x, (None, None))
     n, d_in = x.shape
     W = nbc.check_array("W", W, (None, d_in), x.dtype)
@@ -258,28 +243,26 @@ def forward(x: Any, W: Any, b: Any, act: str | None = None, *,
     tiles = tiles.check(x.dtype)
     xp = nbc.array_module()
     y = xp.empty((n, d_out), x.dtype)
-    pre = xp.empty_like(y) if code == ACT_SOFTPLUS else nbc.placeholder(x.dtype, 2)
     kernel, _ = _kernels(x.dtype.str, tiles)
-    nbc.launch(kernel, _grid(n, d_out, tiles), tiles.threads, x, W.T, b, y, pre, code)
-    saved = None if code == ACT_NONE else pre if code == ACT_SOFTPLUS else y
-    return y, saved
+    nbc.launch(kernel, _grid(n, d_out, tiles), tiles.threads, x, W.T, b, y, code)
+    return y
 
 
-def backward(dy: Any, x: Any, W: Any, act: str | None, saved: Any | None, *, need_dx: bool = True,
+def backward(dy: Any, x: Any, W: Any, y: Any | None, act: str | None = None, *, need_dx: bool = True,
              tiles: Tiles = TILES) -> tuple[Any | None, Any, Any]:
     """dx = G W (N, D_in) (None unless need_dx), dW = G^T x (D_out, D_in), db = sum_n G (D_out,),
-    with G = dy * act'(.) formed inside the GEMMs' loads. x, W, act, saved: as ``forward`` took and
-    returned them; dy: (N, D_out)."""
-    code = _act_code(act)
+    with G = dy * act'(.) formed from y inside the GEMMs' loads. x, W, act: as ``forward`` took them,
+    y: its output (not read, None is fine, when act is None); dy: (N, D_out)."""
+    code = act_code(act)
     x = nbc.check_array("x", x, (None, None))
     n, d_in = x.shape
     W = nbc.check_array("W", W, (None, d_in), x.dtype)
     d_out = W.shape[0]
     dy = nbc.check_array("dy", dy, (n, d_out), x.dtype)
     if code == ACT_NONE:
-        saved = dy  # read by no one: act' is never evaluated
+        y = dy  # read by no one: act' is never evaluated
     else:
-        saved = nbc.check_array("saved", saved, (n, d_out), x.dtype)
+        y = nbc.check_array("y", y, (n, d_out), x.dtype)
     nbc.check_dims(N=n, D_in=d_in, D_out=d_out)
     tiles = tiles.check(x.dtype)
     xp = nbc.array_module()
@@ -287,8 +270,8 @@ def backward(dy: Any, x: Any, W: Any, act: str | None, saved: Any | None, *, nee
     dx = None
     if need_dx:
         dx = xp.empty((n, d_in), x.dtype)
-        nbc.launch(kernel, _grid(n, d_in, tiles), tiles.threads, dy, saved, code, W, dx,
+        nbc.launch(kernel, _grid(n, d_in, tiles), tiles.threads, dy, y, code, W, dx,
                    nbc.placeholder(x.dtype, 1), False)
     dW, db = xp.empty((d_out, d_in), x.dtype), xp.empty(d_out, x.dtype)
-    nbc.launch(kernel, _grid(d_out, d_in, tiles), tiles.threads, dy.T, saved.T, code, x, dW, db, True)
+    nbc.launch(kernel, _grid(d_out, d_in, tiles), tiles.threads, dy.T, y.T, code, x, dW, db, True)
     return dx, dW, db
