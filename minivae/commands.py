@@ -27,7 +27,16 @@ from minivae.config import TrainConfig
 from minivae.gradcheck import GradcheckResult, gradcheck
 from minivae.model import VAE
 from minivae.runs import CHECKPOINT, RunError, load_params, read_checkpoint
-from minivae.train import IWAE_SALT, TEST_ELBO_SALT, build_model, eval_elbo, finite_or_none, held_out
+from minivae.train import (
+    ACTIVE_UNIT_THRESHOLD,
+    IWAE_SALT,
+    TEST_ELBO_SALT,
+    active_units,
+    build_model,
+    eval_elbo,
+    finite_or_none,
+    held_out,
+)
 
 # Labels of a conditional gradcheck model: three classes, so that a mix-up between one-hot columns
 # (not only between "a label" and "no label") changes the loss.
@@ -170,7 +179,8 @@ def evaluate(run_dir: str | os.PathLike, *, iwae_k: int = 5000, batch_size: int 
     return {"run": str(run.run_dir), "n_test": len(x), "seed": seed, "batch_size": batch_size,
             "test_elbo_loss": elbo["loss"], "test_elbo_loss_stderr": elbo["stderr"],
             "test_recon": elbo["recon"], "test_kl": elbo["kl"], "iwae_k": iwae_k,
-            "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": finite_or_none(iw.stderr)}
+            "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": finite_or_none(iw.stderr),
+            "z_dim": model.z_dim} | active_units(model, test_ds, x)
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -187,6 +197,8 @@ def evaluation_text(r: dict[str, Any]) -> str:
     lines = [f"{r['run']}: {r['n_test']} test examples, seed {r['seed']}",
              f"{'':{w}}  {'nats':>10}  {'stderr':>8}"]
     lines += [f"{name:{w}}  {_fmt(v):>10}  {_fmt(se):>8}" for name, v, se in rows]
+    lines.append(f"active units: {r['active_units']} of {r['z_dim']} (Var_x E_q[z_u|x] > "
+                 f"{ACTIVE_UNIT_THRESHOLD:g}, Burda et al. 2015)")
     return "\n".join(lines)
 
 

@@ -320,14 +320,15 @@ def interpolation(model: VAE, x_a, x_b, image_shape: Sequence[int] | None,
 
 
 def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str | os.PathLike,
-                     values=None, y=None, kl=None) -> Path:
+                     values=None, y=None, kl=None, active=None) -> Path:
     """One row per latent dimension i: decoder means at z = mu with z_i = mu_i + v.
 
     ``mu`` is the posterior mean of the single input ``x``; ``values`` (default -3..3 in 9 steps,
     prior standard deviations) are the offsets v, one per column, named below the grid. ``kl``
     (optional, one number per dimension: ``kl_per_dimension`` of the test data) labels each row
     with its dimension's KL: a row whose KL is near 0 is a dimension the encoder does not use,
-    and its images barely change.
+    and its images barely change. ``active`` (optional, one bool per dimension: Burda et al.'s
+    active units, ``minivae.train.active_units``) marks the inactive rows.
     """
     h, w = _check_image_shape(image_shape, model.x_dim)
     values = np.linspace(-3, 3, 9) if values is None else values
@@ -349,6 +350,13 @@ def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str
         kl = _checks.finite_array("kl", kl, shape=(d,))
         rows = [f"{r}  KL {v:.2f}" for r, v in zip(rows, kl, strict=True)]
         title += "\nKL: mean over the test data, nats (near 0: an unused dimension)"
+    if active is not None:
+        active = np.asarray(active)
+        if active.shape != (d,) or active.dtype != bool:
+            raise ValueError(f"active must be {d} booleans (one per latent dimension), got dtype "
+                             f"{active.dtype} shape {active.shape}")
+        rows = [r if a else f"{r}  inactive" for r, a in zip(rows, active, strict=True)]
+        title += f"\n{int(active.sum())} of {d} units active (Var_x E_q[z_u|x] > 0.01)"
     fig, ax = _grid_figure(grid, title, label_lines=1)
     scale = _display_scale((h, w))
     _label_rows(ax, rows, h * scale)
@@ -539,15 +547,17 @@ def class_grid(model: VAE, rng: np.random.Generator, image_shape: Sequence[int] 
 
 def make_all(model: VAE, test_x, test_y, image_shape: Sequence[int] | None,
              outdir: str | os.PathLike, rng: np.random.Generator,
-             metrics: Sequence[dict] | None = None, originals=None) -> list[Path]:
+             metrics: Sequence[dict] | None = None, originals=None,
+             active=None) -> list[Path]:
     """Write every picture that applies into ``outdir`` (named as in FILENAMES); return the paths.
 
     Image pictures need ``image_shape`` (skipped when it is None); the manifold needs z_dim == 2;
     the class grid a conditional model; the scatter labels; the loss curves ``metrics``. The
     interpolation runs from the first test input to the first with a different label (or the
     second input), the traversal walks around the first and labels its rows with each
-    dimension's KL over ``test_x``. ``originals``: the grey images ``test_x`` was binarised from,
-    shown above the reconstructions.
+    dimension's KL over ``test_x`` (and marks the inactive ones when ``active``, one bool per
+    dimension, is given). ``originals``: the grey images ``test_x`` was binarised from, shown
+    above the reconstructions.
     """
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -573,7 +583,7 @@ def make_all(model: VAE, test_x, test_y, image_shape: Sequence[int] | None,
             interpolation(model, test_x[0], test_x[b], image_shape,
                           outdir / FILENAMES["interpolation"], y_a=y0, y_b=yb),
             latent_traversal(model, test_x[0], image_shape, outdir / FILENAMES["traversal"], y=y0,
-                             kl=kl_per_dimension(model, test_x, test_y)),
+                             kl=kl_per_dimension(model, test_x, test_y), active=active),
         ]
         if model.z_dim == 2:
             y_manifold = None if model.n_classes == 0 else int(y0)

@@ -381,9 +381,11 @@ def _finish(run: _Run, report: Callable[[str], None]) -> dict:
         summary |= {"test_elbo_loss": t["loss"], "test_elbo_loss_stderr": t["stderr"],
                     "test_recon": t["recon"], "test_kl": t["kl"], "iwae_k": config.iwae_k,
                     "test_iwae_nll": iw.nll, "test_iwae_nll_stderr": finite_or_none(iw.stderr),
-                    "n_test": len(test_x)}
+                    "n_test": len(test_x)} | active_units(model, test_ds, test_x)
         report(f"test -ELBO {t['loss']:.3f} +- {_fmt(t['stderr'])} nats, IWAE (K={config.iwae_k}) "
                f"NLL {iw.nll:.3f} +- {_fmt(iw.stderr)} nats  ({len(test_x)} test examples)")
+        report(f"active units: {summary['active_units']} of {model.z_dim} (Var_x E_q[z_u|x] > "
+               f"{ACTIVE_UNIT_THRESHOLD:g})")
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     if config.pictures and test_x is not None:
         from minivae import pictures
@@ -392,7 +394,9 @@ def _finish(run: _Run, report: Callable[[str], None]) -> dict:
         made = pictures.make_all(model, test_x, test_ds.y, shape, run.dir,
                                  np.random.default_rng([config.seed, PICTURES_SALT]),
                                  metrics=read_metrics(run.dir),
-                                 originals=test_ds.x if config.binarize != "none" else None)
+                                 originals=test_ds.x if config.binarize != "none" else None,
+                                 active=np.array(summary["active_unit_variances"])
+                                 > ACTIVE_UNIT_THRESHOLD)
         log(f"pictures: {', '.join(p.name for p in made)}")
     report(f"run saved in {run.dir}")
     return summary
@@ -491,6 +495,24 @@ def eval_elbo(model: VAE, ds, x: np.ndarray, seed: int, salt: int) -> dict | Non
     per = r + k
     return {"loss": float(per.mean()), "recon": float(r.mean()), "kl": float(k.mean()),
             "stderr": float(per.std(ddof=1) / math.sqrt(len(per))) if len(per) > 1 else None}
+
+
+# Burda, Grosse & Salakhutdinov (2015), section 5.2: a latent dimension u is active when the
+# encoder's mean moves with the data, Var_x(E_q[z_u | x]) > 0.01; an inactive one is ignored.
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def active_units(model: VAE, ds, x: np.ndarray) -> dict:
+    """Burda et al.'s active units of ``model`` on the inputs ``x`` (labels from ``ds`` for a
+    conditional model): {"active_units": how many, "active_unit_variances": Var_x(mu_u) per
+    dimension, population variance in float64}."""
+    mus = []
+    for s in range(0, len(x), EVAL_BATCH):
+        y = ds.y[s:s + EVAL_BATCH] if model.n_classes else None
+        mus.append(model.encode(x[s:s + EVAL_BATCH], y)[0].astype(np.float64))
+    var = np.concatenate(mus).var(axis=0)
+    return {"active_units": int((var > ACTIVE_UNIT_THRESHOLD).sum()),
+            "active_unit_variances": [float(v) for v in var]}
 
 
 def resolve(config: TrainConfig) -> TrainConfig:

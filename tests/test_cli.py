@@ -424,8 +424,10 @@ def test_evaluate_prints_a_table(runs, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{runs.plain}: 180 test examples, seed 0"
     assert lines[1].split() == ["nats", "stderr"]
-    assert lines[2].startswith("test -ELBO") and lines[-1].startswith("IWAE NLL (K=3)")
-    assert all(float(v) > 0 for v in lines[-1].split()[-2:])
+    assert lines[2].startswith("test -ELBO") and lines[-2].startswith("IWAE NLL (K=3)")
+    assert all(float(v) > 0 for v in lines[-2].split()[-2:])
+    assert re.fullmatch(r"active units: [0-2] of 2 \(Var_x E_q\[z_u\|x\] > 0.01, Burda et al. 2015\)",
+                        lines[-1]), lines[-1]
 
 
 def test_gradcheck_passes_and_prints_every_parameter(capsys):

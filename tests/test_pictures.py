@@ -268,6 +268,11 @@ def test_traversal_rows_show_each_dimensions_kl_over_the_data(tmp_path, data):
     assert_png(pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "t.png", kl=kl))
     with pytest.raises(ValueError, match="kl"):
         pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "u.png", kl=kl[:2])
+    active = np.array([True, False, True])
+    assert_png(pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "a.png", kl=kl,
+                                         active=active))
+    with pytest.raises(ValueError, match="active must be 3 booleans"):
+        pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "b.png", active=[1, 0, 1])
 
 
 def test_reconstructions_refuse_more_inputs_than_fit_and_check_the_originals(tmp_path, data):

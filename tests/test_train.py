@@ -665,3 +665,25 @@ def test_clipping_runs_on_the_numba_cuda_backend_in_the_simulator(tmp_path):
     norms = json.loads(out.stdout)
     # every step's gradient was larger than 1e-3 (an untrained model's are far larger), scaled to it
     assert len(norms) >= 2 and all(0.999e-3 <= v <= 1e-3 * (1 + 1e-5) for v in norms), norms
+
+
+def test_active_units_count_the_dimensions_whose_posterior_mean_moves_with_the_data(tmp_path):
+    """Burda et al.'s measure on a model whose encoder ignores the data in two of three mean
+    coordinates (their rows of the head are zero): those two are inactive, the third is active,
+    and a finished run reports the same count in summary.json."""
+    cfg = TrainConfig(**TINY | {"z_dim": 3})
+    model = train_mod.build_model(cfg, 64, 10)
+    head = max(k for k in model.params if k.startswith("enc.") and k.endswith(".W"))
+    model.params[head][:2] = 0
+    model.params[head.replace(".W", ".b")][:2] = 0
+    model.params[head][2] *= 50  # mu_3 swings far with the data
+    x = (np.random.default_rng(0).random((200, 64)) < 0.5).astype(np.float32)
+    got = train_mod.active_units(model, None, x)
+    assert got["active_units"] == 1
+    assert got["active_unit_variances"][:2] == [0.0, 0.0]
+    assert got["active_unit_variances"][2] > train_mod.ACTIVE_UNIT_THRESHOLD
+    res = train(cfg, tmp_path / "r", progress=False, log=_quiet, report=_quiet)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["active_units"] == res.summary["active_units"]
+    assert summary["active_units"] == sum(v > 0.01 for v in summary["active_unit_variances"])
+    assert len(summary["active_unit_variances"]) == 3
