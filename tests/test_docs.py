@@ -1,0 +1,162 @@
+"""docs/derivations.md and the code stay linked: every code name the page writes exists, and every
+backward function of ``minivae/`` is named there, so a rename fails here instead of misleading a
+reader.
+
+The page names code in backticks in three forms, all checked:
+
+* ``file: name, name`` (``minivae/layers.py: linear_backward, MLP.backward``): the file exists and
+  each (dotted) name is an attribute of it. Modules of ``minivae/`` are imported and looked up;
+  ``kernels/`` files are read with ``ast`` instead, since importing them would pull in Numba and
+  could choose numba.cuda's target (the simulator or a GPU) before the kernel tests choose it;
+* ``file`` alone (``kernels/linear/linear.cu``): the file exists;
+* a bare name that reads as code, ``something_forward``/``something_backward`` or
+  ``Class.method``: some module of ``minivae/`` defines it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import minivae
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "derivations.md"
+FILE_REF = re.compile(r"^(?P<path>(?:minivae|kernels|tests|docs|bench)/[\w./-]+\.(?:py|cu|cuh|h|md))"
+                      r"(?::\s*(?P<names>.+))?$")
+BARE_CODE_NAME = re.compile(r"^(?:[A-Za-z_]\w*_(?:forward|backward)|[A-Z]\w*\.\w+)$")
+
+
+def _spans(text: str) -> list[str]:
+    """Every backticked span outside fenced blocks, whitespace (line breaks) folded."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return [" ".join(m.split()) for m in re.findall(r"`([^`]+)`", text)]
+
+
+SPANS = _spans(DOC.read_text())
+FILE_REFS = [m for m in map(FILE_REF.match, SPANS) if m]
+
+
+def _minivae_modules() -> dict[str, object]:
+    return {name: importlib.import_module(f"minivae.{name}")
+            for _, name, _ in pkgutil.iter_modules(minivae.__path__)}
+
+
+def _lookup_import(module: object, dotted: str) -> bool:
+    obj = module
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def _lookup_ast(path: Path, dotted: str) -> bool:
+    """``dotted`` (name or Class.method) is defined at the top of the file, or in a top-level class
+    or function (the Numba CUDA kernels are closures of a factory function)."""
+    scope: list[ast.stmt] = ast.parse(path.read_text()).body
+    for part in dotted.split("."):
+        found = None
+        for node in scope:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == part:
+                found = node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == part for t in targets):
+                    found = node
+        if found is None:
+            return False
+        scope = getattr(found, "body", [])
+    return True
+
+
+def _module_name(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def test_the_page_names_code_in_the_checked_forms():
+    """The parse is not empty: the page's references are found (a changed convention fails here)."""
+    assert len(FILE_REFS) >= 30, [m.group(0) for m in FILE_REFS]
+    named = {m.group("path") for m in FILE_REFS if m.group("names")}
+    assert {"minivae/layers.py", "minivae/latent.py", "minivae/likelihoods.py", "minivae/model.py",
+            "minivae/backends.py", "kernels/linear/cpu.py"} <= named
+
+
+@pytest.mark.parametrize("ref", [m.group(0) for m in FILE_REFS])
+def test_every_code_name_the_page_writes_exists(ref):
+    m = FILE_REF.match(ref)
+    path = ROOT / m.group("path")
+    assert path.is_file(), f"docs/derivations.md names {m.group('path')}, which does not exist"
+    if not m.group("names"):
+        return
+    names = [n.strip() for n in m.group("names").split(",")]
+    if m.group("path").startswith("minivae/"):
+        module = importlib.import_module(_module_name(m.group("path")))
+        missing = [n for n in names if not _lookup_import(module, n)]
+    else:
+        missing = [n for n in names if not _lookup_ast(path, n)]
+    assert not missing, f"docs/derivations.md names {missing} in {m.group('path')}, which has no such name"
+
+
+def test_every_bare_code_name_on_the_page_exists_in_minivae():
+    modules = _minivae_modules()
+    bare = {s for s in SPANS if BARE_CODE_NAME.match(s)}
+    assert bare, "no bare code names found: the parse is broken"
+    missing = sorted(n for n in bare if not any(_lookup_import(mod, n) for mod in modules.values()))
+    assert not missing, f"docs/derivations.md names {missing}, which no module of minivae/ defines"
+
+
+def _backward_functions() -> list[tuple[str, str]]:
+    """(file, qualified name) of every function or method of minivae/ whose name is ``backward`` or
+    ends in ``_backward``, where it is defined (not where it is imported)."""
+    found = []
+    for name, module in _minivae_modules().items():
+        file = f"minivae/{name}.py"
+        for attr, obj in vars(module).items():
+            if inspect.isfunction(obj) and obj.__module__ == module.__name__ and (
+                    attr == "backward" or attr.endswith("_backward")):
+                found.append((file, attr))
+            if inspect.isclass(obj) and obj.__module__ == module.__name__:
+                for meth, fn in vars(obj).items():
+                    if inspect.isfunction(fn) and (meth == "backward" or meth.endswith("_backward")):
+                        found.append((file, f"{attr}.{meth}"))
+    return sorted(found)
+
+
+BACKWARDS = _backward_functions()
+
+
+def test_the_backward_functions_are_found():
+    assert ("minivae/layers.py", "linear_backward") in BACKWARDS
+    assert ("minivae/layers.py", "MLP.backward") in BACKWARDS
+    assert ("minivae/likelihoods.py", "GaussianLearned.backward") in BACKWARDS
+
+
+@pytest.mark.parametrize(("file", "name"), BACKWARDS)
+def test_every_backward_function_is_named_on_the_page(file, name):
+    named = {n.strip() for m in FILE_REFS if m.group("path") == file and m.group("names")
+             for n in m.group("names").split(",")}
+    assert name in named, (f"{file}: {name} is a backward with no derivation: name it in "
+                           f"docs/derivations.md as `{file}: {name}` where its result is derived")
+
+
+def test_the_loss_table_names_the_calls_the_model_makes():
+    """The table "Backward: the forward's steps in reverse" writes the model's calls on its networks,
+    the backend table and the likelihood; each must be a call VAE.loss (or its _score) makes, so the
+    table cannot go on describing a composition the model no longer runs."""
+    from minivae.model import VAE
+
+    text = DOC.read_text()
+    table = text[text.index("**Backward: the forward's steps in reverse**"):text.index("## IWAE bound")]
+    calls = set(re.findall(r"\b((?:encoder|decoder|ops|self|likelihood)\.\w+)\(", table))
+    assert {"encoder.forward", "encoder.backward", "decoder.forward", "decoder.backward",
+            "ops.latent_forward", "ops.latent_backward"} <= calls, calls
+    source = inspect.getsource(VAE.loss) + inspect.getsource(VAE._score)
+    missing = sorted(c for c in calls if f"{c}(" not in source and f"self.{c}(" not in source)
+    assert not missing, f"the loss table names {missing}, which VAE.loss does not call"
