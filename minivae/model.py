@@ -26,7 +26,7 @@ import numpy as np
 
 from minivae import _checks, philox
 from minivae.backends import Backend, get_backend
-from minivae.latent import gaussian_log_density
+from minivae.latent import gaussian_log_density, reparameterize_forward
 from minivae.layers import ACTIVATIONS, MLP
 from minivae.likelihoods import LIKELIHOODS, make_likelihood, score
 
@@ -220,24 +220,7 @@ class VAE:
         if check:
             x = self._dev(self._check_x(x))
         n, d = x.shape[0], self.z_dim
-        key = None
-        if eps is None:
-            if rng is None:
-                raise ValueError("give eps or rng: every random draw comes from an explicit generator")
-            n_samples = _checks.positive_int("n_samples", n_samples)
-            if not isinstance(rng, philox.Stream):
-                _generator("rng", rng, "or a minivae.philox.Stream")
-            if isinstance(rng, philox.Stream):
-                key = rng.take(n_samples * n * d)  # the backend draws (or regenerates) this noise
-            else:
-                eps = self._dev(self.draw_eps(n, rng, n_samples))
-        else:
-            if check:
-                eps = _checks.finite_array("eps", eps, dtype=self.dtype, ndim=3)
-                if eps.shape[1:] != (n, d):
-                    raise ValueError(f"eps must have shape (L, {n}, {d}), got {eps.shape}")
-            eps = self._dev(eps)
-            n_samples = eps.shape[0]
+        eps, key, n_samples = self._noise(n, eps, rng, n_samples, check)
         y1 = self.one_hot(y, n)
         ops, xp = self.backend, self.backend.xp
 
@@ -264,6 +247,25 @@ class VAE:
                  **{f"enc.{k}": g for k, g in enc_grads.items()},
                  **{f"lik.{k}": g for k, g in lik_grads.items()}}
         return LossResult(loss, float(recon.mean()), float(kl.mean()), grads, recon, kl)
+
+    def _noise(self, n: int, eps, rng, n_samples: int, check: bool):
+        """The loss's noise as (eps, key, L): eps given, or drawn from a numpy Generator, is moved to
+        the device (key None); a ``philox.Stream`` hands out its next L N d elements as ``key =
+        (seed, offset)`` (eps None), which the backend's latent op draws (and a GPU kernel
+        regenerates in the backward)."""
+        if eps is not None:
+            if check:
+                eps = _checks.finite_array("eps", eps, dtype=self.dtype, ndim=3)
+                if eps.shape[1:] != (n, self.z_dim):
+                    raise ValueError(f"eps must have shape (L, {n}, {self.z_dim}), got {eps.shape}")
+            return self._dev(eps), None, eps.shape[0]
+        if rng is None:
+            raise ValueError("give eps or rng: every random draw comes from an explicit generator")
+        n_samples = _checks.positive_int("n_samples", n_samples)
+        if isinstance(rng, philox.Stream):
+            return None, rng.take(n_samples * n * self.z_dim), n_samples
+        _generator("rng", rng, "or a minivae.philox.Stream")
+        return self._dev(self.draw_eps(n, rng, n_samples)), None, n_samples
 
     def _score(self, x, out, dlogp: float):
         """(log p(x|z) per row, dlogp * its gradient w.r.t. ``out``, the likelihood's own gradients):
@@ -309,7 +311,7 @@ class VAE:
             for s in range(0, k, chunk):
                 m = min(chunk, k - s)
                 eps = self._dev(self.draw_eps(nb, rng, m))
-                z = mu + self.backend.xp.exp(0.5 * logvar) * eps
+                z, _ = reparameterize_forward(mu, logvar, eps)
                 y1_rep = None if y1 is None else np.tile(y1, (m, 1))
                 out, _ = self.decoder.forward(self._cat(z.reshape(m * nb, self.z_dim), y1_rep))
                 logp, _ = self.likelihood.forward(self.backend.xp.tile(xb_dev, (m, 1)), out)
