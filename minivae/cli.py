@@ -85,7 +85,12 @@ TRAIN_FLAGS = {
     "epochs": (int, "number of epochs"),
     "batch_size": (int, "examples per step"),
     "optimizer": (str, "sgd | adam | adamw"),
-    "lr": (float, "learning rate"),
+    "lr": (float, "learning rate (the first stage's, with --lr-schedule burda)"),
+    "lr_schedule": (str, "constant | burda: stages i = 0..7 of 3^i epochs at lr * 10^(-i/7) "
+                         "(Burda et al. 2015)"),
+    "schedule_scale": (float, "burda schedule: each stage's epochs times this (at least 1 each); "
+                              "a preset's --epochs follow it"),
+    "adam_eps": (float, "Adam's eps (the term added to the denominator)"),
     "momentum": (float, "SGD momentum, in [0, 1)"),
     "weight_decay": (float, "weight decay (L2 for sgd/adam, decoupled for adamw)"),
     "beta": (float, "weight of the KL term"),
@@ -135,6 +140,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--pictures", action=argparse.BooleanOptionalAction, default=None,
                    help="write pictures at the end (default: on)")
     p.add_argument("--config", type=Path, help="TOML file of settings (keys as the flags, with _)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="start from named settings, before --config and the flags (which win): "
+                        "burda2015, the IWAE paper's 784-200-200-50 tanh model, batch 20, Adam "
+                        "eps 1e-4, its 3280-epoch schedule (scale it with --schedule-scale), "
+                        "IWAE K = 5000 (default: none)")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory (default: runs/<data>-<seed>)")
     p.add_argument("--overwrite", action="store_true",
@@ -150,7 +160,7 @@ def _train_parser(sub) -> None:
 
 
 def _train(args) -> int:
-    from minivae.config import TrainConfig
+    from minivae.config import from_preset
     from minivae.train import train
 
     flags = {k: getattr(args, k) for k in (*TRAIN_FLAGS, "conditional", "pictures")
@@ -158,7 +168,7 @@ def _train(args) -> int:
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in flags if k != "backend"]
         given += [f for f, v in (("--config", args.config), ("--out", args.out),
-                                 ("--overwrite", args.overwrite)) if v]
+                                 ("--overwrite", args.overwrite), ("--preset", args.preset)) if v]
         if given:
             raise UsageError(f"--resume continues a run with its saved configuration: "
                              f"{', '.join(given)} cannot be given with it (only "
@@ -175,7 +185,7 @@ def _train(args) -> int:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"--config {args.config}: not valid TOML ({e})") from None
     settings |= flags
-    config = TrainConfig.from_dict(settings)
+    config = from_preset(args.preset, settings)
     out = args.out or Path("runs") / f"{Path(config.data).stem}-{config.seed}"
     result = train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
     return EXIT_INTERRUPTED if result.interrupted else 0

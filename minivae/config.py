@@ -39,6 +39,9 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | burda (LR_SCHEDULES)
+    schedule_scale: float = 1.0  # burda: each stage's 3^i epochs times this (at least 1)
+    adam_eps: float = 1e-8
     momentum: float = 0.9
     weight_decay: float = 0.0
     beta: float = 1.0
@@ -56,6 +59,9 @@ class TrainConfig:
         self.hidden = _checks.sizes("hidden", self.hidden)
         for name in ("z_dim", "epochs", "batch_size", "n_samples", "iwae_k"):
             setattr(self, name, _checks.positive_int(name, getattr(self, name)))
+        self.adam_eps = _checks.positive_float("adam_eps", self.adam_eps)
+        self.schedule_scale = _checks.positive_float("schedule_scale", self.schedule_scale)
+        _checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("lr", "momentum", "weight_decay", "beta"):
             setattr(self, name, _checks.non_negative_float(name, getattr(self, name)))
         if self.momentum >= 1:  # the velocity would never decay: SGD diverges
@@ -98,11 +104,57 @@ class TrainConfig:
                              f"{', '.join(sorted(names))}")
         return cls(**{k: _hidden(v) if k == "hidden" else v for k, v in d.items()})
 
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of 0-based ``epoch``: ``lr`` (constant), or Burda et al.'s schedule:
+        stage i = 0..7 lasts 3^i epochs (times ``schedule_scale``) at lr * 10^(-i/7); epochs past
+        the last stage keep its rate."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        ends = np.cumsum(burda_stages(self.schedule_scale))
+        stage = min(int(np.searchsorted(ends, epoch, side="right")), BURDA_STAGES - 1)
+        return self.lr * 10 ** (-stage / 7)
+
     def beta_at(self, epoch: int) -> float:
         """KL warm-up: beta grows linearly from beta/warmup to beta over the first epochs."""
         if self.warmup_epochs == 0:
             return self.beta
         return self.beta * min(1.0, (epoch + 1) / self.warmup_epochs)
+
+
+LR_SCHEDULES = ("constant", "burda")
+# Burda, Grosse & Salakhutdinov (2015), section 5: stages i = 0..7 of 3^i epochs at 1e-3 * 10^(-i/7),
+# 3280 epochs in all.
+BURDA_STAGES = 8
+
+
+def burda_stages(scale: float = 1.0) -> list[int]:
+    """Epochs of each stage of Burda et al.'s schedule, 3^i scaled by ``scale`` (at least 1)."""
+    return [max(1, round(3**i * scale)) for i in range(BURDA_STAGES)]
+
+
+# Named starting points for a run, applied before --config and the flags (which win).
+PRESETS: dict[str, dict] = {
+    # The IWAE paper's MNIST model and schedule (Burda, Grosse & Salakhutdinov, 2015, section 5):
+    # one stochastic layer, 784-200-200-50 with tanh units, Bernoulli decoder, batch 20, Adam with
+    # eps 1e-4, the 3^i-epoch learning-rate schedule, test NLL by IWAE with K = 5000. The epochs
+    # follow the schedule (scaled by schedule_scale) unless given.
+    "burda2015": {"hidden": (200, 200), "z_dim": 50, "activation": "tanh",
+                  "likelihood": "bernoulli", "binarize": "dynamic", "batch_size": 20,
+                  "optimizer": "adam", "adam_eps": 1e-4, "lr": 1e-3, "lr_schedule": "burda",
+                  "iwae_k": 5000, "val_fraction": 0.0},
+}
+
+
+def from_preset(name: str | None, settings: dict) -> TrainConfig:
+    """A TrainConfig from preset ``name`` (or none) overridden by ``settings``; a burda schedule's
+    epochs default to the schedule's length at its scale."""
+    if name is not None:
+        _checks.choice("preset", name, tuple(PRESETS))
+    merged = (PRESETS[name] if name else {}) | settings
+    if merged.get("lr_schedule") == "burda" and "epochs" not in merged:
+        scale = _checks.positive_float("schedule_scale", merged.get("schedule_scale", 1.0))
+        merged["epochs"] = sum(burda_stages(scale))
+    return TrainConfig.from_dict(merged)
 
 
 def _hidden(v: object) -> tuple:

@@ -233,6 +233,7 @@ def _train_epoch(run: _Run, intr: _Interrupt, progress: bool) -> bool:
     x_epoch = model._dev(run.binarizer(train_ds.x.astype(model.dtype), epoch)
                          .astype(model.dtype, copy=False))
     beta = c.beta_at(epoch)
+    run.optimizer.lr = c.lr_at(epoch)  # a function of the epoch: a resumed run sets it again
     bar = _progress(progress, n_batches, state.step, f"epoch {epoch + 1}/{c.epochs}")
     try:
         while state.step < n_batches:
@@ -410,6 +411,7 @@ def _make_optimizer(config: TrainConfig, model: VAE):
                              f"{model.backend.name!r} use adam or adamw")
         kw["momentum"] = config.momentum
     else:
+        kw["eps"] = config.adam_eps
         kw["backend"] = model.backend  # its fused Adam kernel, where it has one
     return make_optimizer(config.optimizer, model.params, **kw)
 

@@ -96,7 +96,7 @@ def _snapshot(*roots: Path) -> dict:
 # Every train flag that takes a value: each has a missing-value row and malformed or
 # out-of-range rows below (test_the_bad_input_table_covers_every_train_flag checks it).
 TRAIN_VALUE_FLAGS = [*(f"--{name.replace('_', '-')}" for name in cli.TRAIN_FLAGS), "--config",
-                     "--out", "--resume"]
+                     "--out", "--resume", "--preset"]
 
 BAD = [
     # (argv, a piece of the message that names the problem)
@@ -202,6 +202,13 @@ BAD = [
     ("train --batch-size 1.5", "argument --batch-size: invalid int value: '1.5'"),
     ("train --optimizer lamb", "optimizer must be one of 'sgd', 'adam', 'adamw', got 'lamb'"),
     ("train --lr abc", "argument --lr: invalid float value: 'abc'"),
+    ("train --lr-schedule cosine", "lr_schedule must be one of 'constant', 'burda', got 'cosine'"),
+    ("train --lr-schedule burda --schedule-scale 0", "schedule_scale must be a finite number > 0"),
+    ("train --schedule-scale x", "argument --schedule-scale: invalid float value: 'x'"),
+    ("train --adam-eps 0", "adam_eps must be a finite number > 0, got 0.0"),
+    ("train --adam-eps nan", "adam_eps must be a finite number >= 0, got nan"),
+    ("train --preset burda", "preset must be one of 'burda2015', got 'burda'"),
+    ("train --resume {plain} --preset burda2015", "--preset cannot be given with it"),
     ("train --lr inf", "lr must be a finite number >= 0, got inf"),
     ("train --momentum 2", "momentum must be in [0, 1), got 2.0"),
     ("train --momentum 1", "momentum must be in [0, 1), got 1.0"),
@@ -931,3 +938,23 @@ def test_every_file_of_a_run_gets_the_same_permissions(tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir()}
     assert "checkpoint.safetensors" in modes and "reconstructions.png" in modes
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_the_burda_preset_sets_the_papers_model_and_schedule_and_flags_win(tmp_path, monkeypatch):
+    from minivae import config as config_mod
+    from minivae import train as train_mod
+
+    seen = []
+    monkeypatch.setattr(train_mod, "train", lambda config, out, **kw: seen.append(config) or
+                        SimpleNamespace(interrupted=False))
+    assert cli.main(["train", "--preset", "burda2015", "--no-progress"]) == 0
+    c = seen[-1]
+    assert (c.hidden, c.z_dim, c.activation, c.likelihood, c.batch_size, c.adam_eps, c.iwae_k) == \
+        ((200, 200), 50, "tanh", "bernoulli", 20, 1e-4, 5000)
+    assert c.lr_schedule == "burda" and c.epochs == 3280 == sum(3**i for i in range(8))
+    assert cli.main(["train", "--preset", "burda2015", "--schedule-scale", "0.01", "--z-dim", "10",
+                     "--no-progress"]) == 0
+    c = seen[-1]
+    assert c.epochs == sum(config_mod.burda_stages(0.01)) == 36 and c.z_dim == 10
+    assert cli.main(["train", "--preset", "burda2015", "--epochs", "5", "--no-progress"]) == 0
+    assert seen[-1].epochs == 5

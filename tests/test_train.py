@@ -687,3 +687,30 @@ def test_active_units_count_the_dimensions_whose_posterior_mean_moves_with_the_d
     assert summary["active_units"] == res.summary["active_units"]
     assert summary["active_units"] == sum(v > 0.01 for v in summary["active_unit_variances"])
     assert len(summary["active_unit_variances"]) == 3
+
+
+def test_the_burda_schedule_by_hand():
+    """Stage i lasts 3^i epochs at lr * 10^(-i/7): epochs 0 | 1-3 | 4-12 | 13-39 | ... ."""
+    from minivae.config import burda_stages
+
+    c = TrainConfig(lr=1e-3, lr_schedule="burda", epochs=3280)
+    assert burda_stages() == [1, 3, 9, 27, 81, 243, 729, 2187]
+    for epoch, stage in ((0, 0), (1, 1), (3, 1), (4, 2), (12, 2), (13, 3), (39, 3), (40, 4),
+                         (1092, 6), (1093, 7), (3279, 7), (9999, 7)):
+        assert c.lr_at(epoch) == pytest.approx(1e-3 * 10 ** (-stage / 7), rel=1e-12), epoch
+    assert burda_stages(0.01) == [1, 1, 1, 1, 1, 2, 7, 22]
+    assert TrainConfig(lr=0.5).lr_at(1000) == 0.5
+
+
+def test_the_loop_steps_at_each_epochs_scheduled_rate_and_adams_eps(tmp_path, monkeypatch):
+    rates, made = [], []
+    real_step, real_make = train_mod._step, train_mod.make_optimizer
+    monkeypatch.setattr(train_mod, "_step", lambda run, *a: rates.append(
+        (run.state.epoch, run.optimizer.lr)) or real_step(run, *a))
+    monkeypatch.setattr(train_mod, "make_optimizer", lambda *a, **k: made.append(k) or
+                        real_make(*a, **k))
+    cfg = TrainConfig(**TINY | {"epochs": 4, "lr_schedule": "burda", "schedule_scale": 0.001,
+                                "adam_eps": 1e-4})
+    train(cfg, tmp_path / "r", progress=False, log=_quiet, report=_quiet)
+    assert made[0]["eps"] == 1e-4
+    assert {e: lr for e, lr in rates} == {e: cfg.lr * 10 ** (-e / 7) for e in range(4)}
