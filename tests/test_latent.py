@@ -6,7 +6,14 @@ from hypothesis import strategies as st
 from strategies import ATOL, RTOL, batch, latent, rng_of, seeds
 
 from minivae.gradcheck import check_function, gradcheck
-from minivae.latent import kl_backward, kl_forward, reparameterize_backward, reparameterize_forward
+from minivae.latent import (
+    kl_backward,
+    kl_forward,
+    latent_backward,
+    latent_forward,
+    reparameterize_backward,
+    reparameterize_forward,
+)
 
 
 def _kl_pair():
@@ -38,6 +45,25 @@ def test_kl_backward_matches_finite_differences(n, d, seed):
     fwd, bwd = _kl_pair()
     inputs = {"mu": rng.normal(0, 3, (n, d)), "logvar": rng.uniform(-12, 12, (n, d))}
     res = check_function(fwd, bwd, inputs, rng=rng, rtol=RTOL, atol=ATOL)
+    assert res.ok, str(res)
+
+
+@given(n=batch, d=latent, n_samples=st.integers(1, 3), kl_weight=st.sampled_from([0.0, 0.3, 2.0]), seed=seeds)
+def test_latent_op_backward_matches_finite_differences(n, d, n_samples, kl_weight, seed):
+    """The op the model calls on the encoder's head h = [mu | logvar]: the gradient of
+    sum(dz * z) + kl_weight * sum(kl) w.r.t. h, both paths added."""
+    rng = rng_of(seed)
+    h = np.concatenate([rng.normal(0, 3, (n, d)), rng.uniform(-8, 8, (n, d))], axis=1)
+    eps = rng.standard_normal((n_samples, n, d))
+    dz = rng.standard_normal((n_samples, n, d))
+
+    def f():
+        z, kl, _ = latent_forward(h, n_samples, eps=eps)
+        return float(np.sum(dz * z) + kl_weight * np.sum(kl))
+
+    _, _, cache = latent_forward(h, n_samples, eps=eps)
+    res = gradcheck(f, {"h": h}, {"h": latent_backward(dz, kl_weight, cache)}, rng=rng, rtol=RTOL,
+                    atol=ATOL)
     assert res.ok, str(res)
 
 
