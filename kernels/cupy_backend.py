@@ -8,17 +8,18 @@ Maps ``minivae.backends``' table onto the launchers: ``linear/cuda_c.py`` (produ
 the GPU runs): a float64 model's arrays are refused by the launchers, naming the array.
 
 The latent kernels draw eps from the Philox stream ``key`` and regenerate it in the backward. When
-the caller hands eps itself (a numpy Generator drew it), the reference functions of
-``minivae.latent`` run on the CuPy arrays instead (CuPy implements NumPy's ufunc and function
-protocols); no kernel takes a stored eps.
+the caller hands eps itself (a numpy Generator drew it), the numpy backend's latent op
+(``minivae.latent.latent_forward/latent_backward``) runs on the CuPy arrays instead (CuPy implements
+NumPy's ufunc and function protocols); no kernel takes a stored eps. Likelihoods other than
+Bernoulli have no kernel at all: the model runs their reference code on the CuPy arrays.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from minivae import latent as reference
 from minivae.backends import Backend
-from minivae.latent import kl_backward, kl_forward, reparameterize_backward, reparameterize_forward
 
 
 def _cupy_with_a_gpu() -> Any:
@@ -60,28 +61,24 @@ def backend() -> Backend:
         return linear.backward(dy, x, W, y, act, need_dx=need_dx, backend=gpu)
 
     def latent_forward(h, n_samples, eps=None, key=None):
+        if eps is not None:  # no kernel takes a stored eps: the reference op, on the device arrays
+            z, kl, cache = reference.latent_forward(h, n_samples, eps=eps)
+            return z, kl, (None, cache)
         d = h.shape[1] // 2
         mu, logvar = h[:, :d], h[:, d:]  # row-strided views: the kernels read h in place
-        if eps is None:
-            seed, offset = key
-            z, kl = latent.forward(mu, logvar, seed, offset, n_samples, backend=gpu)
-            return z, kl, (mu, logvar, key, None)
-        mu, logvar = c(mu), c(logvar)
-        z, z_cache = reparameterize_forward(mu, logvar, eps)
-        return z, kl_forward(mu, logvar), (mu, logvar, None, z_cache)
+        seed, offset = key
+        z, kl = latent.forward(mu, logvar, seed, offset, n_samples, backend=gpu)
+        return z, kl, (key, (mu, logvar))
 
     def latent_backward(dz, kl_weight, cache):
-        mu, logvar, key, z_cache = cache
-        if key is not None:
-            seed, offset = key
-            n, d = mu.shape
-            dh = cupy.empty((n, 2 * d), mu.dtype)  # written in place, half by half, by the kernel
-            latent.backward(c(dz), mu, logvar, seed, offset, kl_weight, backend=gpu,
-                            out=(dh[:, :d], dh[:, d:]))
-            return dh
-        dmu, dlogvar = reparameterize_backward(dz, z_cache)
-        dmu_kl, dlogvar_kl = kl_backward(cupy.full(mu.shape[0], kl_weight, mu.dtype), mu, logvar)
-        return cupy.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)
+        key, rest = cache
+        if key is None:
+            return reference.latent_backward(dz, kl_weight, rest)
+        (seed, offset), (mu, logvar) = key, rest
+        n, d = mu.shape
+        dh = cupy.empty((n, 2 * d), mu.dtype)  # written in place, half by half, by the kernel
+        latent.backward(c(dz), mu, logvar, seed, offset, kl_weight, backend=gpu, out=(dh[:, :d], dh[:, d:]))
+        return dh
 
     def bernoulli(x, logits, dlogp):
         return likelihood.bernoulli_forward_backward(c(x), c(logits), dlogp, backend=gpu)
