@@ -11,7 +11,7 @@ very pairs written here.
 
 Shapes: ``N`` is the batch, ``D_in``/``D_out`` the widths. Arrays are float32 or float64; each op
 computes in the dtype it is given. The functions use NumPy's functions only, so they also run on
-CuPy arrays (the GPU backends' reference path).
+CuPy arrays.
 """
 
 from __future__ import annotations
