@@ -2,7 +2,11 @@
 
 * ``backend="emulate"``: the CPU emulator (``_emulate.py`` with ``common/cuda_emu.h``), NumPy arrays.
   This is what CI runs.
-* ``backend="cupy"``: ``cupy.RawModule`` on a GPU, CuPy arrays (the GPU is the final word).
+* ``backend="cupy"``: ``cupy.RawModule`` on a GPU, CuPy arrays (the GPU is the final word), compiled
+  with ``compile_options``, whose last option carries a hash of the source and every header it
+  includes (CuPy's kernel cache would otherwise serve a binary built from an older header).
+  tests/test_nvrtc.py compiles every ``.cu`` with these options through NVRTC, on machines without
+  a GPU too.
 
 Either way a kernel is called as CuPy calls a ``RawKernel``: ``kernel(grid, block, args)``. Before
 any pointer is handed over, every argument is checked against the kernel's C signature, parsed from
@@ -16,6 +20,7 @@ parameter's type, because CuPy passes a Python ``float`` as a C ``double`` and a
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,10 +172,65 @@ def load(source_path: str | Path, backend: str = "emulate") -> CheckedModule:
         else:
             import cupy
 
-            raw = cupy.RawModule(code=path.read_text(), options=(
-                "-std=c++17", f"-I{COMMON_DIR}", f"-I{path.parent}"))
+            raw = cupy.RawModule(code=path.read_text(), options=compile_options(path))
             _MODULES[key] = CheckedModule(path, _CupyModule(raw), cupy.ndarray)
     return _MODULES[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# how cupy.RawModule compiles a .cu
+
+# What cupy.RawModule (CuPy 13 and 14, cupy/cuda/compiler.py) adds to ``compile_options`` before
+# NVRTC sees them, besides ``-arch=sm_XX`` for the device (a cubin): flush float32 denormals to
+# zero, and every function a device function unless marked otherwise. It also adds ``-I`` for its
+# own headers and the CUDA toolkit's, which these kernels do not include. tests/test_nvrtc.py
+# compiles every .cu with exactly these options.
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.M)
+
+
+def include_dirs(source_path: str | Path) -> tuple[Path, Path]:
+    """The ``-I`` folders of a kernel source: ``common/`` and the source's own folder (NVRTC compiles
+    a copy of the text elsewhere, so even a header beside the source needs its folder named)."""
+    return COMMON_DIR, Path(source_path).resolve().parent
+
+
+def included_files(source_path: str | Path) -> list[Path]:
+    """``source_path`` and every header it includes, transitively, found as the compiler finds a
+    quoted include: beside the including file, then in ``include_dirs``. ValueError for one that is
+    nowhere."""
+    root = Path(source_path).resolve()
+    found, todo = [root], [root]
+    while todo:
+        current = todo.pop()
+        for name in _INCLUDE.findall(_COMMENTS.sub(" ", current.read_text())):
+            where = [d / name for d in (current.parent, *include_dirs(root)) if (d / name).is_file()]
+            if not where:
+                raise ValueError(f"{current.name} includes {name!r}, which is in none of "
+                                 f"{[str(d) for d in (current.parent, *include_dirs(root))]}")
+            header = where[0].resolve()
+            if header not in found:
+                found.append(header)
+                todo.append(header)
+    return found
+
+
+def source_digest(source_path: str | Path) -> str:
+    """SHA-256 (hex) of a kernel source and every header it includes, names and contents."""
+    digest = hashlib.sha256()
+    for f in sorted(included_files(source_path)):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def compile_options(source_path: str | Path) -> tuple[str, ...]:
+    """The options ``load`` hands cupy.RawModule for ``source_path``. CuPy's on-disk kernel cache
+    keys on the source text and the options, not on included headers, so the last option, a macro
+    no kernel reads, carries ``source_digest``: an edit to ``launch.cuh`` or ``philox.cuh`` changes
+    the key and is compiled, never served a binary built from the old header."""
+    common, own = include_dirs(source_path)
+    return ("-std=c++17", f"-I{common}", f"-I{own}",
+            f"-DMINIVAE_SOURCE_SHA256={source_digest(source_path)[:32]}")
 
 
 class _CupyModule:
