@@ -77,7 +77,10 @@ def latent_forward(h: np.ndarray, n_samples: int, eps: np.ndarray | None = None,
 
 def latent_backward(dz: np.ndarray, kl_weight: float, cache) -> np.ndarray:
     """dz (L, N, d) -> dh = [dmu | dlogvar] (N, 2d): the sample's backward plus ``kl_weight`` (the
-    same d loss / d kl for every example) times the KL's; the two paths add (fan-out)."""
+    same d loss / d kl for every example) times the KL's; the two paths add (fan-out).
+
+    Derivation: docs/derivations.md, "KL term" (its last paragraph, "The latent op").
+    """
     mu, logvar, z_cache = cache
     dmu, dlogvar = reparameterize_backward(dz, z_cache)
     xp = array_module(mu)

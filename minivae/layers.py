@@ -161,7 +161,7 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable, str | None, float | None]] = {
 
 def linear_act_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, act: str | None):
     """y = act(x W^T + b): ``linear_forward``, then the activation called ``act`` (None: none) with
-    its default parameter. The cache is both ops' caches."""
+    its default parameter. The cache is both ops' caches. Derivation: "A layer and its activation"."""
     y, lin_cache = linear_forward(x, W, b)
     if act is None:
         return y, (lin_cache, None, None)
@@ -170,7 +170,10 @@ def linear_act_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, act: str | N
 
 
 def linear_act_backward(dy: np.ndarray, cache: Any, need_dx: bool = True):
-    """The two backwards in reverse: G = dy * act'(.), then ``linear_backward(G)`` -> (dx, dW, db)."""
+    """The two backwards in reverse: G = dy * act'(.), then ``linear_backward(G)`` -> (dx, dW, db).
+
+    Derivation: docs/derivations.md, "A layer and its activation; the MLP".
+    """
     lin_cache, act, act_cache = cache
     g = dy if act is None else ACTIVATIONS[act][1](dy, act_cache)
     return linear_backward(g, lin_cache, need_dx=need_dx)

@@ -252,7 +252,10 @@ _BERNOULLI = Bernoulli(1)
 
 
 def bernoulli(x: np.ndarray, logits: np.ndarray, dlogp: float):
-    """The numpy backend's ``bernoulli`` op: ``score`` of the Bernoulli likelihood -> (logp, dlogits)."""
+    """The numpy backend's ``bernoulli`` op: ``score`` of the Bernoulli likelihood -> (logp, dlogits).
+
+    Derivation: docs/derivations.md, "Bernoulli with logits".
+    """
     logp, dlogits, _ = score(_BERNOULLI, x, logits, dlogp)
     return logp, dlogits
 
