@@ -27,8 +27,8 @@ def _cupy_with_a_gpu() -> Any:
     try:
         import cupy
     except ImportError as e:
-        raise ImportError(f"cupy is not installed ({e}); pip install 'minivae[gpu]' (CUDA 12) or "
-                          "'minivae[gpu13]' (CUDA 13) on a machine with an NVIDIA GPU") from e
+        raise ImportError(f"cupy is not installed ({e}); pip install -e \".[gpu]\" (CUDA 12) or "
+                          "-e \".[gpu13]\" (CUDA 13) on a machine with an NVIDIA GPU") from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, or a driver too old for this CuPy: all mean no usable GPU
@@ -41,6 +41,7 @@ def _cupy_with_a_gpu() -> Any:
 def backend() -> Backend:
     """The CuPy + CUDA C backend, named "cupy" (ImportError without CuPy or a GPU)."""
     cupy = _cupy_with_a_gpu()
+    from minivae.kernels.iwae import cuda_c as iwae
     from minivae.kernels.latent import cuda_c as latent
     from minivae.kernels.likelihood import cuda_c as likelihood
     from minivae.kernels.linear import cuda_c as linear
@@ -87,5 +88,8 @@ def backend() -> Backend:
         optim.adam_step(p, g, m, v, step=step, lr=lr, betas=(beta1, beta2), eps=eps,
                         weight_decay=weight_decay, decoupled=decoupled, backend=gpu)
 
+    def importance_weights(log_w):
+        return iwae.importance_weights(c(log_w), backend=gpu)
+
     return Backend("cupy", cupy, linear_forward, linear_backward, latent_forward, latent_backward, bernoulli,
-                   adam=adam, on_gpu=True)
+                   importance_weights=importance_weights, adam=adam, on_gpu=True)

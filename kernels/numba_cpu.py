@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivae.backends import Backend
+from minivae.kernels.iwae.cpu import importance_weights
 from minivae.kernels.latent.cpu import latent_backward, latent_forward
 from minivae.kernels.likelihood.cpu import bernoulli
 from minivae.kernels.linear.cpu import linear_backward, linear_forward
@@ -20,4 +21,4 @@ from minivae.kernels.optim.cpu import adam
 def backend() -> Backend:
     """The Numba CPU backend, named "numba"."""
     return Backend("numba", np, linear_forward, linear_backward, latent_forward, latent_backward,
-                   bernoulli, adam=adam)
+                   bernoulli, importance_weights=importance_weights, adam=adam)

@@ -163,6 +163,7 @@ def block_sum(v, scratch):
 def backend():
     """The ``numba-cuda`` Backend (see the module docstring for where it runs)."""
     from minivae.backends import Backend
+    from minivae.kernels.iwae import nb_cuda as iwae
     from minivae.kernels.latent import nb_cuda as latent
     from minivae.kernels.likelihood import nb_cuda as likelihood
     from minivae.kernels.linear import nb_cuda as linear
@@ -202,5 +203,8 @@ def backend():
         optim.adam_step(p, g, m, v, step=step, lr=lr, betas=(beta1, beta2), eps=eps,
                         weight_decay=weight_decay, decoupled=decoupled)
 
+    def importance_weights(log_w):
+        return iwae.importance_weights(c(log_w))
+
     return Backend("numba-cuda", xp, linear_forward, linear_backward, latent_forward, latent_backward,
-                   bernoulli, adam=adam, on_gpu=not SIMULATED)
+                   bernoulli, importance_weights=importance_weights, adam=adam, on_gpu=not SIMULATED)

@@ -23,6 +23,10 @@ The ops (``xp`` is the backend's array module; N examples, d latent dimensions, 
     the loss weights every example alike). The other likelihoods have no kernel: every backend runs
     their reference code (``likelihoods.score``) on its own arrays.
 
+``importance_weights(log_w) -> (bound, w)``  (numpy: ``iwae.importance_weights``)
+    the K-sample bound's op: log_w (K, N) -> per-example log (1/K) sum_k exp(log w_k) (N,) and the
+    softmax over the samples (K, N), each log-weight's gradient of the bound.
+
 ``adam(p, g, m, v, *, lr, beta1, beta2, eps, weight_decay, decoupled, step) -> None``
     optional: one Adam (or, ``decoupled``, AdamW) step in place, one pass over parameter, gradient
     and both moments; ``minivae.optim.Adam`` calls it when the backend has one (the backend's
@@ -38,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from minivae import _arrays, _checks
+from minivae.iwae import importance_weights
 from minivae.latent import latent_backward, latent_forward
 from minivae.layers import linear_act_backward, linear_act_forward
 from minivae.likelihoods import bernoulli
@@ -52,6 +57,7 @@ class Backend:
     latent_forward: Callable
     latent_backward: Callable
     bernoulli: Callable
+    importance_weights: Callable = importance_weights
     adam: Callable | None = None
     on_gpu: bool = False
 

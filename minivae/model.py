@@ -33,6 +33,11 @@ from minivae.likelihoods import LIKELIHOODS, make_likelihood, score
 # IWAE evaluation decodes K samples per example in chunks of at most this many output elements
 # (2^22 floats = 16 MiB in float32), so K = 5000 at 784 dimensions never holds more than ~50 MiB.
 IWAE_CHUNK_ELEMENTS = 1 << 22
+# What ``VAE.loss`` can optimise: the ELBO, or the K-sample importance-weighted bound (Burda et al.,
+# 2015) with its standard or doubly-reparameterized (Tucker et al., 2018) gradient estimator.
+OBJECTIVES = ("elbo", "iwae")
+ESTIMATORS = ("standard", "dreg")
+LOG_2PI = math.log(2 * math.pi)
 
 
 def _generator(name: str, rng, alternative: str = "") -> np.random.Generator:
@@ -207,19 +212,37 @@ class VAE:
 
     def loss(self, x, y=None, *, eps=None, rng: np.random.Generator | philox.Stream | None = None,
              n_samples: int = 1, beta: float = 1.0, reduction: str = "mean",
-             check: bool = True) -> LossResult:
-        """-ELBO of a batch and the gradient of every parameter.
+             objective: str = "elbo", estimator: str = "standard", check: bool = True) -> LossResult:
+        """-ELBO (or, with ``objective="iwae"``, the negative K-sample bound) of a batch and the
+        gradient of every parameter.
 
         x: (N, D) data; y: (N,) labels for a conditional model. eps: (L, N, d) noise, or None to
         draw L = ``n_samples`` samples from ``rng`` (a numpy Generator, or a ``philox.Stream``
         whose noise GPU kernels regenerate instead of storing). ``check=False`` skips the input
         checks (the training loop checks its data once, up front, and may pass device arrays).
+        ``objective="iwae"`` with ``estimator`` "standard" or "dreg": see ``_iwae_loss``.
         """
         beta = _checks.non_negative_float("beta", beta)
         _checks.choice("reduction", reduction, ("mean", "sum"))
+        _checks.choice("objective", objective, OBJECTIVES)
+        _checks.choice("estimator", estimator, ESTIMATORS)
+        if objective == "elbo" and estimator != "standard":
+            raise ValueError(f"estimator {estimator!r} is an estimator of the importance-weighted "
+                             "bound's gradient: expected objective='iwae'")
+        if objective == "iwae" and beta != 1:
+            raise ValueError(f"the importance-weighted bound weighs its KL by 1: expected beta = 1 "
+                             f"with objective='iwae', got {beta}")
         if check:
             x = self._dev(self._check_x(x))
         n, d = x.shape[0], self.z_dim
+        if objective == "iwae":
+            if eps is None:  # the bound needs eps itself (log q), so a Stream's noise is drawn here
+                rng = _generator("rng", rng, "or a minivae.philox.Stream") \
+                    if not isinstance(rng, philox.Stream) else rng
+                eps = self.draw_eps(n, rng, _checks.positive_int("n_samples", n_samples))
+                check = False
+            eps, _, _ = self._noise(n, eps, rng, n_samples, check)
+            return self._iwae_loss(x, self.one_hot(y, n), eps, estimator, reduction)
         eps, key, n_samples = self._noise(n, eps, rng, n_samples, check)
         y1 = self.one_hot(y, n)
         ops, xp = self.backend, self.backend.xp
@@ -247,6 +270,72 @@ class VAE:
                  **{f"enc.{k}": g for k, g in enc_grads.items()},
                  **{f"lik.{k}": g for k, g in lik_grads.items()}}
         return LossResult(loss, float(recon.mean()), float(kl.mean()), grads, recon, kl)
+
+    def _iwae_loss(self, x, y1, eps, estimator: str, reduction: str) -> LossResult:
+        """The negative importance-weighted bound of Burda et al. (2015) and its gradients.
+
+        With K = eps.shape[0] samples z_k = mu + sigma * eps_k per example:
+
+            log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x)      (K, N)
+            loss    = -(1/N) sum_n log (1/K) sum_k w_kn                  (reduction "mean")
+
+        Backward (docs/derivations.md, "The importance-weighted bound"): each log-weight's
+        upstream gradient is g_k = -(1/N) w~_k, w~ = softmax over k (``importance_weights``). The
+        decoder gets g_k on log p(x | z_k); z_k gets g_k (d log p(x|z_k)/dz - z_k) (the decoder,
+        then the prior); and log q(z_k | x) = -1/2 sum(eps^2 + logvar + log 2 pi), with z written
+        through eps, depends on logvar alone: +1/2 g_k on every logvar_j. ``estimator="dreg"``
+        (Tucker et al., 2018) keeps the decoder's gradient and gives the encoder
+        sum_k w~_k^2 d log w_k / dz_k dz_k/dphi, q's density held: z_k's gradient gains
+        g_k eps_k / sigma (-d log q / dz) and is scaled by w~_k, and the logvar term is dropped.
+        recon and kl report -mean_k log p(x|z_k) and mean_k (log q - log p)(z_k): a K-sample
+        estimate of -ELBO with the Monte-Carlo KL.
+        """
+        ops, xp = self.backend, self.backend.xp
+        k, n, d = eps.shape
+        scale = 1.0 / n if reduction == "mean" else 1.0
+
+        # forward: encode, sample K, decode, score, weigh
+        h, enc_caches = self.encoder.forward(self._cat(x, y1))  # h = [mu | logvar], (N, 2d)
+        logvar = h[:, d:]
+        z, _, z_cache = ops.latent_forward(h, k, eps=eps)  # (K, N, d), sample-major
+        y1_rep = None if y1 is None else np.tile(y1, (k, 1))
+        out, dec_caches = self.decoder.forward(self._cat(z.reshape(k * n, d), y1_rep))
+        x_rep = x if k == 1 else xp.tile(x, (k, 1))
+        logp, score_backward = self._score_rows(x_rep, out)
+        log_prior = -0.5 * xp.sum(z * z, axis=2) - 0.5 * d * LOG_2PI  # log N(z; 0, I), (K, N)
+        log_q = -0.5 * (xp.sum(eps * eps, axis=2) + xp.sum(logvar, axis=1)) - 0.5 * d * LOG_2PI
+        log_w = logp.reshape(k, n) + log_prior - log_q
+        bound, w = ops.importance_weights(log_w)  # (N,), softmax over the K samples (K, N)
+        loss = -scale * float(xp.sum(bound))
+        recon = -logp.reshape(k, n).mean(axis=0)
+        kl = (log_q - log_prior).mean(axis=0)
+        self._check_finite_loss(loss, recon, kl)
+
+        # backward: the same steps in reverse order
+        g = -scale * w  # d loss / d log w_kn
+        dout, lik_grads = score_backward(g.reshape(k * n))
+        ddec_in, dec_grads = self.decoder.backward(dout, dec_caches)
+        dz = ddec_in[:, :d].reshape(k, n, d) - g[:, :, None] * z  # decoder, then log p(z)
+        if estimator == "dreg":
+            dz = (dz + g[:, :, None] * eps * xp.exp(-0.5 * logvar)) * w[:, :, None]
+        dh = ops.latent_backward(dz, 0.0, z_cache)  # the path through z (no closed-form KL)
+        if estimator == "standard":
+            dh[:, d:] += 0.5 * g.sum(axis=0)[:, None]  # -log q(z|x) in eps: +1/2 per logvar_j
+        _, enc_grads = self.encoder.backward(dh, enc_caches, need_dx=False)
+        grads = {**{f"dec.{k_}": g_ for k_, g_ in dec_grads.items()},
+                 **{f"enc.{k_}": g_ for k_, g_ in enc_grads.items()},
+                 **{f"lik.{k_}": g_ for k_, g_ in lik_grads.items()}}
+        return LossResult(loss, float(recon.mean()), float(kl.mean()), grads, recon, kl)
+
+    def _score_rows(self, x, out):
+        """log p(x|z) per row, and the backward taking each row's own upstream gradient g (R,) ->
+        (dout, the likelihood's own gradients). The Bernoulli op takes one weight for every row,
+        so it runs with weight 1 and its dout rows are scaled."""
+        if self.likelihood.name == "bernoulli":
+            logp, dout_unit = self.backend.bernoulli(x, out, 1.0)
+            return logp, lambda g: (dout_unit * g[:, None], {})
+        logp, cache = self.likelihood.forward(x, out)
+        return logp, lambda g: self.likelihood.backward(g.astype(out.dtype, copy=False), cache)
 
     def _noise(self, n: int, eps, rng, n_samples: int, check: bool):
         """The loss's noise as (eps, key, L): eps given, or drawn from a numpy Generator, is moved to

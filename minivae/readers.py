@@ -37,7 +37,7 @@ _IDX_CODES = {(dt.kind, dt.itemsize): code for code, dt in IDX_DTYPES.items()}
 # above that are lies, refused before anything is allocated.
 MAX_DEFLATE_RATIO = 1032
 LABEL_KEYS = ("y", "labels")  # arrays taken as labels when a .npz/.h5 file holds them
-H5_HINT = "pip install minivae[hdf5]"
+H5_HINT = "pip install -e \".[hdf5]\" (the README's install)"
 
 
 # ---------------------------------------------------------------------------------------------
