@@ -70,7 +70,7 @@ def test_sigkill_during_training_never_loses_the_run(tmp_path):
     The moment: wait until the run has recorded ``after`` epochs (drawn from a seeded generator),
     then sleep a drawn fraction of one epoch's time (measured on the reference run), so kills land
     mid-epoch, between a metrics line and its checkpoint, and during checkpoint writes. CI runs
-    MINIVAE_CRASH_TRIALS=3 trials (the default); the issue's full count is
+    MINIVAE_CRASH_TRIALS=3 trials (the default); the full count of ten is
     ``MINIVAE_CRASH_TRIALS=10 python -m pytest tests/test_robustness.py -k sigkill``.
     """
     ref = tmp_path / "reference"
