@@ -98,7 +98,11 @@ TRAIN_FLAGS = {
     "clip": (float, "clip the global gradient norm to this value"),
     "patience": (int, "early stopping: stop after this many epochs without a better validation "
                       "-ELBO and keep the weights of the best epoch (needs --val-fraction > 0)"),
-    "n_samples": (int, "samples of z per example in the training loss"),
+    "n_samples": (int, "samples of z per example in the training loss (K of --objective iwae)"),
+    "objective": (str, "elbo | iwae: the ELBO, or the K-sample importance-weighted bound of Burda "
+                       "et al. 2015 (K = --n-samples)"),
+    "estimator": (str, "standard | dreg: the iwae bound's gradient; dreg is the doubly "
+                       "reparameterized encoder gradient of Tucker et al. 2018"),
     "seed": (int, "seed of every random draw of the run"),
     "iwae_k": (int, "importance samples for the final test NLL estimate"),
     "on_nonfinite": (str, "stop | skip: what a NaN/inf loss or gradient does"),

@@ -16,6 +16,7 @@ from minivae import _checks
 from minivae.backends import BACKENDS
 from minivae.layers import ACTIVATIONS
 from minivae.likelihoods import LIKELIHOODS
+from minivae.model import ESTIMATORS, OBJECTIVES
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TrainConfig:
     clip: float | None = None
     patience: int | None = None
     n_samples: int = 1
+    objective: str = "elbo"  # elbo | iwae (minivae.model.OBJECTIVES); iwae's K is n_samples
+    estimator: str = "standard"  # standard | dreg: the iwae gradient's estimator
     seed: int = 0
     iwae_k: int = 1000
     on_nonfinite: str = "stop"  # stop | skip
@@ -86,6 +89,15 @@ class TrainConfig:
         _checks.choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
         _checks.choice("optimizer", self.optimizer, ("sgd", "adam", "adamw"))
         _checks.choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _checks.choice("objective", self.objective, OBJECTIVES)
+        _checks.choice("estimator", self.estimator, ESTIMATORS)
+        if self.estimator != "standard" and self.objective != "iwae":
+            raise ValueError(f"estimator {self.estimator!r} estimates the importance-weighted "
+                             "bound's gradient: expected objective 'iwae'")
+        if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
+            raise ValueError("the importance-weighted bound weighs its KL by 1: expected beta 1 "
+                             f"and no warm-up with objective 'iwae', got beta {self.beta}, "
+                             f"warmup_epochs {self.warmup_epochs}")
         _checks.choice("backend", self.backend, (*BACKENDS, "auto"))
         _checks.float_dtype("dtype", self.dtype)
         self.dtype = str(np.dtype(self.dtype))

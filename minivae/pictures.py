@@ -477,6 +477,7 @@ LOSS_PANELS = (
 )
 OBJECTIVE_KEY = "train_loss"
 OBJECTIVE_LABEL = "train objective: recon + beta KL"
+IWAE_OBJECTIVE_LABEL = "train objective: -IWAE bound"
 
 
 def loss_figure(metrics: Sequence[dict]) -> Figure:
@@ -507,8 +508,11 @@ def loss_figure(metrics: Sequence[dict]) -> Figure:
         ax.set_ylabel("nats per example")
         ax.grid(alpha=0.3)
     # beta = 1: the objective is -ELBO (to rounding), and a dashed copy would hide under it
-    if any(rec.get(OBJECTIVE_KEY) is not None and rec.get("beta", 1.0) != 1.0 for rec in metrics):
-        _plot_present(axes[0], metrics, OBJECTIVE_KEY, label=OBJECTIVE_LABEL, linestyle="--",
+    iwae = any(rec.get("objective") == "iwae" for rec in metrics)
+    if iwae or any(rec.get(OBJECTIVE_KEY) is not None and rec.get("beta", 1.0) != 1.0
+                   for rec in metrics):
+        label = IWAE_OBJECTIVE_LABEL if iwae else OBJECTIVE_LABEL
+        _plot_present(axes[0], metrics, OBJECTIVE_KEY, label=label, linestyle="--",
                       color="grey")
     for ax in axes:
         ax.legend(fontsize="small")

@@ -280,7 +280,8 @@ def _step(run: _Run, x, y, beta: float, stream: philox.Stream):
     # shows as a non-finite loss at the next step
     with np.errstate(over="ignore", invalid="ignore"):
         try:
-            res = model.loss(x, y, rng=stream, beta=beta, n_samples=c.n_samples, check=False)
+            res = model.loss(x, y, rng=stream, beta=beta, n_samples=c.n_samples, check=False,
+                             objective=c.objective, estimator=c.estimator)
         except FloatingPointError:
             return None, "loss"
         bad = _first_nonfinite(res, model.backend.xp)
@@ -297,12 +298,14 @@ def _close_epoch(run: _Run) -> bool:
     c, state, model = run.config, run.state, run.model
     _, val_ds, _, val_x, _ = run.splits
     epoch, beta, s = state.epoch, c.beta_at(state.epoch), state.sums
-    # train_loss is the objective optimised (recon + beta KL); train_neg_elbo is -ELBO; an epoch
-    # whose every step was skipped has none of them (null, not 0)
+    # train_loss is the objective optimised (recon + beta KL, or the negative K-sample bound);
+    # train_neg_elbo is -ELBO (with the Monte-Carlo KL under iwae); an epoch whose every step was
+    # skipped has none of them (null, not 0)
     loss, neg_elbo, recon, kl = ((v / s[3] if s[3] else None)
                                  for v in (s[0], s[1] + s[2], s[1], s[2]))
-    rec = {"epoch": epoch + 1, "beta": beta, "train_loss": loss, "train_neg_elbo": neg_elbo,
-           "train_recon": recon, "train_kl": kl, "skipped_steps": state.skipped_steps,
+    rec = {"epoch": epoch + 1, "objective": c.objective, "beta": beta, "train_loss": loss,
+           "train_neg_elbo": neg_elbo, "train_recon": recon, "train_kl": kl,
+           "skipped_steps": state.skipped_steps,
            "elapsed_seconds": round(time.perf_counter() - run.started, 3)}
     if val_x is not None:
         v = eval_elbo(model, val_ds, val_x, c.seed, VAL_SALT)
@@ -325,6 +328,7 @@ def _close_epoch(run: _Run) -> bool:
     run.log(f"epoch {epoch + 1:3d}/{c.epochs}  train -ELBO {_fmt(neg_elbo, '8.3f')} "
             f"(recon {_fmt(recon)}, KL {_fmt(kl)})"
             + (f"  objective {_fmt(loss)} (beta {beta:g})" if beta != 1 else "")
+            + (f"  -IWAE bound (K={c.n_samples}) {_fmt(loss)}" if c.objective == "iwae" else "")
             + (f"  val -ELBO {rec['val_loss']:8.3f}" if rec.get("val_loss") is not None else "")
             + skipped_all)
     state.epoch, state.step, state.sums = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]

@@ -245,6 +245,13 @@ def test_with_beta_1_the_objective_is_not_drawn_even_when_it_differs_by_rounding
     assert set(_curves(pictures.loss_figure(metrics).axes[0])) == {"train"}
 
 
+def test_an_iwae_runs_objective_is_drawn_and_named_as_the_bound():
+    metrics = [dict(rec, objective="iwae", beta=1.0, train_loss=rec["train_neg_elbo"] - 1)
+               for rec in METRICS]
+    curves = _curves(pictures.loss_figure(metrics).axes[0])
+    assert curves[pictures.IWAE_OBJECTIVE_LABEL] == [49.0, 39.0, 34.0]
+
+
 def test_an_epoch_whose_every_step_was_skipped_is_a_gap_in_the_curves(tmp_path):
     """A skipped epoch's training numbers are null in metrics.jsonl: the curve leaves it out."""
     skipped = {"epoch": 2, "beta": 1.0, "train_loss": None, "train_neg_elbo": None,
