@@ -19,8 +19,8 @@ extern "C" __global__ void importance_weights(const float* __restrict__ log_w, f
     require_1d_launch();
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float m = -INFINITY;
-        for (int s = 0; s < k; ++s) {
+        float m = log_w[i];  // k >= 1; NVRTC, unlike nvcc, has no INFINITY without a header
+        for (int s = 1; s < k; ++s) {
             const float v = log_w[s * static_cast<long long>(n) + i];
             if (v > m || v != v) m = v;
         }
