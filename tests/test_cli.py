@@ -962,3 +962,14 @@ def test_the_burda_preset_sets_the_papers_model_and_schedule_and_flags_win(tmp_p
     assert c.epochs == sum(config_mod.burda_stages(0.01)) == 36 and c.z_dim == 10
     assert cli.main(["train", "--preset", "burda2015", "--epochs", "5", "--no-progress"]) == 0
     assert seen[-1].epochs == 5
+
+
+def test_info_says_how_to_install_the_gpu_extras_as_the_readme_does(monkeypatch, capsys):
+    """Without CuPy the cupy backend's note is the README's install line (an editable install of
+    the clone), not a package name that is not published."""
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    monkeypatch.delitem(backends._loaded, "cupy", raising=False)
+    assert cli.main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("cupy "))
+    assert 'pip install -e ".[gpu]" (CUDA 12) or -e ".[gpu13]" (CUDA 13)' in line
+    assert 'pip install -e ".[gpu13]"' in (Path(__file__).parent.parent / "README.md").read_text()
