@@ -11,7 +11,15 @@ run: the float32 matmul peak of the vendor BLAS (cuBLAS on a GPU) and the memory
 On the CPU the ``numpy`` backend *is* the vendor-library way (BLAS GEMM, then separate NumPy passes
 for bias and activation), so the value of fusion is the ratio beside it. On a GPU the same NumPy
 reference functions run on CuPy arrays (cuBLAS, then separate elementwise kernels) as the
-``cupy-vendor`` row.
+``cupy-vendor`` row, and the CUDA C linear op's ladder (linear.cu's rungs 1-4 forward, 1 and 4
+backward) has rows of its own beside the production rung.
+
+GPU rows are timed by ``bench/gpu_timing.py``: many back-to-back calls between one pair of CUDA
+events, held behind a spin kernel until all are queued, the L2 flushed before every sample of every
+row; the host's dispatch time per call is measured beside it. Their ceilings are measured the same
+way: cuBLAS SGEMM, and a device copy of each op's own working set. Each row is handed to ``on_row``
+as soon as its case is done (``python -m bench kernels`` appends it to ``<name>.jsonl``), so a run
+cut short keeps every finished case.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench import gpu_timing
 from minivae import backends as backends_mod
 from minivae.backends import NUMPY, Backend
 
@@ -41,6 +50,7 @@ class Case:
     kind: str
     make: Callable[[Backend], Callable[[], tuple]]
     traffic: float = 0.0  # for a GEMM: the bytes it must move at least (operands in, result out)
+    backends: tuple[str, ...] | None = None  # the only backends that run it (None: every one)
 
 
 def _rand(xp, shape, rng, scale=1.0, dtype=np.float32):
@@ -73,6 +83,43 @@ def linear_cases(sizes) -> list[Case]:
                         F32 * (m * k + n * k + n + m * n)))
         out.append(Case("linear_backward (relu)", f"{m}x{k}->{n}", 4 * m * n * k, "flops", make_bwd,
                         F32 * (2 * m * n + 2 * m * k + 2 * n * k + n)))
+    return out
+
+
+def ladder_cases(sizes) -> list[Case]:
+    """The CUDA C linear op rung by rung (kernels/linear/linear.cu; rung 4 is what the ``cupy``
+    backend runs), on the ``cupy`` backend only: each rung's GFLOP/s beside the one below it. The
+    reference is the numpy backend's op, as for every case."""
+    from minivae.kernels.linear import cuda_c
+
+    out = []
+    for m, k, n in sizes:
+        def inputs(be, m=m, k=k, n=n):
+            rng = np.random.default_rng(0)
+            x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
+            # NumPy arrays: the kernels on the CPU emulator (how the tests run these cases)
+            return x, W, b, _rand(be.xp, (m, n), rng), "emulate" if be.xp is np else "cupy"
+
+        for v in cuda_c.FORWARD:
+            def make_fwd(be, v=v, inputs=inputs):
+                x, W, b, _, where = inputs(be)
+                if be is NUMPY:
+                    return lambda: (NUMPY.linear_forward(x, W, b, "relu")[0],)
+                return lambda: (cuda_c.forward(x, W, b, "relu", version=v, backend=where),)
+
+            out.append(Case(f"linear_forward (relu) rung {v}", f"{m}x{k}->{n}", 2 * m * n * k, "flops",
+                            make_fwd, F32 * (m * k + n * k + n + m * n), backends=("cupy",)))
+        for v in cuda_c.BACKWARD:
+            def make_bwd(be, v=v, inputs=inputs):
+                x, W, b, dy, where = inputs(be)
+                if be is NUMPY:
+                    cache = NUMPY.linear_forward(x, W, b, "relu")[1]
+                    return lambda: NUMPY.linear_backward(dy, cache, True)
+                y = cuda_c.forward(x, W, b, "relu", backend=where)
+                return lambda: cuda_c.backward(dy, x, W, y, "relu", version=v, backend=where)
+
+            out.append(Case(f"linear_backward (relu) rung {v}", f"{m}x{k}->{n}", 4 * m * n * k, "flops",
+                            make_bwd, F32 * (2 * m * n + 2 * m * k + 2 * n * k + n), backends=("cupy",)))
     return out
 
 
@@ -159,8 +206,9 @@ def all_cases(quick: bool) -> list[Case]:
         lat = [(128, 20), (1024, 20), (8192, 64), (65536, 64)]
         brn = [(128, 784), (1024, 784), (8192, 784), (8192, 4096)]
         adm = [313_600, 2_000_000, 16_000_000]
-    return (linear_cases(lin) + latent_cases(lat) + bernoulli_cases(brn) + adam_cases(adm)
-            + scaling_cases(quick))
+    ladder = [(128, 784, 400), (1024, 784, 400)] + ([] if quick else [(4096, 1024, 1024)])
+    return (linear_cases(lin) + ladder_cases(ladder) + latent_cases(lat) + bernoulli_cases(brn)
+            + adam_cases(adm) + scaling_cases(quick))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,46 +232,29 @@ def cpu_ceilings(n: int = 2048, copy_mib: int = 256) -> dict:
     return {"matmul_gflops": matmul_peak(n), "copy_gbs": copy_bandwidth(copy_mib * 2**20)}
 
 
-def gpu_ceilings(n: int = 8192, copy_mib: int = 1024) -> dict:
-    """The GPU's ceilings, measured with CUDA events: float32 SGEMM through cuBLAS (CuPy keeps TF32
-    off unless CUPY_TF32=1, which is recorded) and a device-to-device copy of ``copy_mib`` MiB."""
+def gpu_ceilings(device, n: int = 8192, copy_mib: int = 1024) -> dict:
+    """The GPU's ceilings, timed as every GPU row is (``gpu_timing.time_on_device``): float32 SGEMM
+    through cuBLAS (TF32 off unless CUPY_TF32=1, which is recorded) and a device-to-device copy of
+    ``copy_mib`` MiB (DRAM bandwidth: twice the L2 and more)."""
     import os
 
-    import cupy
-
-    a = cupy.random.default_rng(0).random((n, n), dtype=cupy.float32)
-    out = cupy.empty_like(a)
-    cupy.matmul(a, a, out=out)
-    gemm = min(_gpu_time(lambda: cupy.matmul(a, a, out=out)) for _ in range(5))
-    src = cupy.ones(copy_mib * 2**20 // F32, cupy.float32)
-    dst = cupy.empty_like(src)
-    copy = min(_gpu_time(lambda: cupy.copyto(dst, src)) for _ in range(10))
-    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    return {"matmul_gflops": 2 * n**3 / gemm / 1e9, "copy_gbs": 2 * src.nbytes / copy / 1e9,
-            "l2_bytes": int(props["l2CacheSize"]), "tf32": os.environ.get("CUPY_TF32", "0") == "1"}
+    gemm, copy = device.sgemm(n), device.copy(copy_mib * 2**20)
+    gemm(), copy()
+    gemm_s = gpu_timing.time_on_device(gemm, device).min_s
+    copy_s = gpu_timing.time_on_device(copy, device).min_s
+    return {"matmul_gflops": 2 * n**3 / gemm_s / 1e9, "copy_gbs": copy_mib * 2**20 / copy_s / 1e9,
+            "l2_bytes": int(device.l2_bytes), "tf32": os.environ.get("CUPY_TF32", "0") == "1",
+            "device": device.name}
 
 
-def _gpu_time(fn: Callable[[], object], flush=None) -> float:
-    """Seconds of one call of ``fn`` between two CUDA events on the current stream, after
-    ``flush()`` (which evicts the L2 so a small working set is not timed from cache)."""
-    import cupy
-
-    if flush is not None:
-        flush()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return cupy.cuda.get_elapsed_time(start, end) / 1e3
-
-
-def _l2_flusher(l2_bytes: int) -> Callable[[], None]:
-    """Writes a buffer twice the L2's size: what was cached before is evicted."""
-    import cupy
-
-    buf = cupy.empty(max(2 * l2_bytes // F32, 1), cupy.float32)
-    return lambda: buf.fill(0)
+def gpu_copy_bandwidth(device, cache: dict[float, float], nbytes: float) -> float:
+    """GB/s of a device copy moving ``nbytes`` in all, timed as the GPU rows are (so an op whose
+    working set sits in the L2 meets an L2 ceiling), measured once per size in a run."""
+    if nbytes not in cache:
+        copy = device.copy(int(nbytes))
+        copy()
+        cache[nbytes] = nbytes / gpu_timing.time_on_device(copy, device).min_s / 1e9
+    return cache[nbytes]
 
 
 def cupy_vendor_backend() -> Backend | None:
@@ -272,23 +303,40 @@ def _copy_ceiling(cache: dict[float, float], nbytes: float) -> float:
     return cache[nbytes]
 
 
-def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=print) -> dict:
+def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=print, on_row=None,
+        device=None) -> dict:
+    """Every case on every backend (see the module docstring). ``on_row(row)`` gets each row as
+    soon as its case is done; ``device`` is what GPU rows are timed on (default: CuPy's current
+    device, when a GPU backend is among those run)."""
     names = backend_names or [n for n, s in backends_mod.available().items() if s == "ok"]
-    bes = [backends_mod.get_backend(n) for n in names if n != "cupy-vendor"]
+    bes, unavailable = [], {}
+    for n in names:
+        if n == "cupy-vendor":
+            continue
+        try:
+            bes.append(backends_mod.get_backend(n))
+        except backends_mod.BackendUnavailable as e:  # the others still run; the results say why not
+            unavailable[n] = str(e)
+            log(f"skipped: {e}")
     vendor = cupy_vendor_backend() if any(be.on_gpu for be in bes) else None
     if vendor is not None:
         bes.append(vendor)
-        names = [be.name for be in bes]
+    names = [be.name for be in bes]
     rounds = rounds or (3 if quick else 7)
     ceilings = cpu_ceilings()
-    gpu = gpu_ceilings() if any(be.on_gpu for be in bes) else None
-    flush = _l2_flusher(gpu["l2_bytes"]) if gpu else None
+    if device is None and any(be.on_gpu for be in bes):
+        device = gpu_timing.CupyDevice()
+    gpu = gpu_ceilings(device) if any(be.on_gpu for be in bes) else None
     copy_bw: dict[float, float] = {}
+    gpu_copy_bw: dict[float, float] = {}
     rows = []
     for case in all_cases(quick):
+        runners = [be for be in bes if case.backends is None or be.name in case.backends]
+        if not runners:
+            continue
         ref = case.make(NUMPY)()
         fns, status = {}, {}
-        for be in bes:
+        for be in runners:
             try:
                 fn = case.make(be)
                 got = fn()  # also the warm-up (and JIT compile)
@@ -296,16 +344,13 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                 fns[be.name] = fn
             except Exception as e:  # a backend that cannot run this case is reported, not timed
                 status[be.name] = f"{type(e).__name__}: {e}"
-        times: dict[str, list[float]] = {k: [] for k in fns if status[k] is None}
+        on_gpu = {be.name: be.on_gpu for be in runners}
+        cpu_names = [k for k in fns if status[k] is None and not on_gpu[k]]
+        times: dict[str, list[float]] = {k: [] for k in cpu_names}
         reps = 3
-        on_gpu = {be.name: be.on_gpu for be in bes}
         faults: dict[str, list[float]] = {}  # minor page faults per call: allocation churn shows here
-        for _ in range(rounds):  # interleaved: every backend once per round
-            for name in times:
-                if on_gpu[name]:  # CUDA events; the L2 flushed first where the working set fits in it
-                    cold = flush if case.kind == "bytes" else None  # a set just past the L2 still hits
-                    times[name].append(statistics.median(_gpu_time(fns[name], cold) for _ in range(reps)))
-                    continue
+        for _ in range(rounds):  # interleaved: every CPU backend once per round
+            for name in cpu_names:
                 flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t = time.perf_counter()
                 for _ in range(reps):
@@ -313,7 +358,11 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                 times[name].append((time.perf_counter() - t) / reps)
                 faults.setdefault(name, []).append(
                     (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt) / reps)
-        for be in bes:
+        gpu_timings = {}
+        for name in [k for k in fns if status[k] is None and on_gpu[k]]:  # the device is not shared
+            gpu_timings[name] = gpu_timing.time_on_device(fns[name], device, samples=rounds)
+            times[name] = gpu_timings[name].device_s
+        for be in runners:
             name = be.name
             if status.get(name) is None and name in times:
                 # validated again after timing: the timed instance's own output; Adam's state
@@ -324,72 +373,88 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
             if row["status"] is None and times.get(name):
                 med, best = statistics.median(times[name]), min(times[name])
                 rate = case.work / med / 1e9
-                if be.on_gpu:  # the device's own ceilings (DRAM bandwidth: the L2 was flushed)
-                    ceiling = gpu["matmul_gflops" if case.kind == "flops" else "copy_gbs"]
-                elif case.kind == "flops":
-                    ceiling = ceilings["matmul_gflops"]
+                if case.kind == "flops":
+                    ceiling = gpu["matmul_gflops"] if be.on_gpu else ceilings["matmul_gflops"]
+                elif be.on_gpu:  # a device copy of the same working set, timed the same way
+                    ceiling = gpu_copy_bandwidth(device, gpu_copy_bw, case.work)
                 else:  # a copy of the same working set: cache-resident sizes get a cache ceiling
                     ceiling = _copy_ceiling(copy_bw, case.work)
                 if name in faults:
                     row["page_faults_per_call"] = statistics.median(faults[name])
+                if name in gpu_timings:
+                    g = gpu_timings[name]
+                    row |= {"dispatch_us": g.dispatch_s * 1e6, "reps": g.reps, "host_gaps": g.host_gaps}
                 row |= {"median_us": med * 1e6, "min_us": best * 1e6,
                         "rate": rate, "unit": "GFLOP/s" if case.kind == "flops" else "GB/s",
                         "ceiling": ceiling, "share_of_ceiling": rate / ceiling, "bound": "memory"}
                 if case.kind == "flops" and case.traffic:  # the roofline: the slower of the two limits
-                    bw = gpu["copy_gbs"] if be.on_gpu else _copy_ceiling(copy_bw, case.traffic)
+                    bw = (gpu_copy_bandwidth(device, gpu_copy_bw, case.traffic) if be.on_gpu
+                          else _copy_ceiling(copy_bw, case.traffic))
                     compute_s, memory_s = case.work / (ceiling * 1e9), case.traffic / (bw * 1e9)
                     row |= {"roofline_us": max(compute_s, memory_s) * 1e6,
                             "bound": "compute" if compute_s >= memory_s else "memory"}
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
         log(f"{case.op} {case.size}: " + ", ".join(
             f"{r['backend']} {r['median_us']:.0f} us" if r.get("median_us") else
-            f"{r['backend']} FAILED ({r['status']})" for r in rows[-len(bes):]))
-    return {"ceilings": ceilings, "gpu_ceilings": gpu, "backends": names, "rows": rows}
+            f"{r['backend']} FAILED ({r['status']})" for r in rows[-len(runners):]))
+    return {"ceilings": ceilings, "gpu_ceilings": gpu, "backends": names, "unavailable": unavailable,
+            "rows": rows}
 
 
 def table(res: dict) -> str:
-    c = res["ceilings"]
+    c, g = res["ceilings"], res.get("gpu_ceilings")
     lines = [f"Ceilings measured in this run: float32 matmul {c['matmul_gflops']:.0f} GFLOP/s; "
              f"memory copy {c['copy_gbs']:.1f} GB/s at 256 MiB (elementwise ops are compared with a "
              "copy of their own working set, so cache-resident sizes meet a cache ceiling)."
-             + (f" GPU: cuBLAS SGEMM {res['gpu_ceilings']['matmul_gflops']:.0f} GFLOP/s (TF32 "
-                f"{'on' if res['gpu_ceilings']['tf32'] else 'off'}), device copy "
-                f"{res['gpu_ceilings']['copy_gbs']:.0f} GB/s; GPU rows timed with CUDA events, the L2 "
-                "flushed before each call of an elementwise op." if res.get("gpu_ceilings") else ""), "",
-             "| op | size | backend | median us | min us | rate | share of ceiling | roofline bound "
-             "| page faults/call | vs vendor |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
-    # the vendor-library way on the same device: numpy (BLAS + NumPy passes), cupy-vendor on a GPU
+             + (f" GPU ({g.get('device', 'device 0')}): cuBLAS SGEMM {g['matmul_gflops']:.0f} GFLOP/s "
+                f"(TF32 {'on' if g['tf32'] else 'off'}), device copy {g['copy_gbs']:.0f} GB/s at 1 GiB; GPU "
+                "rows are device time per call of back-to-back calls held behind a spin kernel until all "
+                "are queued, the L2 flushed before each sample (bench/gpu_timing.py); host us/call is "
+                "the host's dispatch time per call, measured meanwhile." if g else ""), "",
+             "| op | size | backend | median us | min us | host us/call | rate | share of ceiling "
+             "| roofline bound | page faults/call | vs vendor |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    # the vendor-library way on the same device: numpy (BLAS + NumPy passes), cupy-vendor on a GPU;
+    # a ladder rung's vendor is its op's
     vendor = {(r["op"], r["size"], r["backend"] == "cupy-vendor"): r.get("median_us") for r in res["rows"]
               if r["backend"] in ("numpy", "cupy-vendor")}
     for r in res["rows"]:
         if r.get("median_us") is None:
-            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} | | | | | | |")
+            lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} "
+                         "| | | | | | | |")
             continue
         gpu_row = r["backend"] in ("cupy", "numba-cuda", "cupy-vendor")
-        base = vendor.get((r["op"], r["size"], gpu_row))
+        base = vendor.get((r["op"].split(" rung ")[0], r["size"], gpu_row))
         speed = f"{base / r['median_us']:.2f}x" if base else ""
-        pf = r.get("page_faults_per_call")
-        lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_us']:.1f} | "
-                     f"{r['min_us']:.1f} | {r['rate']:.1f} {r['unit']} | "
-                     f"{100 * r['share_of_ceiling']:.0f}% | {r.get('bound', '')} | "
-                     f"{'' if pf is None else f'{pf:.0f}'} | {speed} |")
+        pf, host = r.get("page_faults_per_call"), r.get("dispatch_us")
+        gaps = " (host gaps)" if r.get("host_gaps") else ""
+        lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_us']:.1f}{gaps} | "
+                     f"{r['min_us']:.1f} | {'' if host is None else f'{host:.1f}'} | "
+                     f"{r['rate']:.1f} {r['unit']} | {100 * r['share_of_ceiling']:.0f}% | "
+                     f"{r.get('bound', '')} | {'' if pf is None else f'{pf:.0f}'} | {speed} |")
     return "\n".join(lines)
 
 
 def plot(res: dict, path) -> None:
-    """Time per op and size, one line per backend; and the share of the ceiling reached."""
+    """Time per op and size, one line per backend (the CUDA C ladder: one panel per direction, a
+    line per rung); and the share of the ceiling reached."""
     from matplotlib.figure import Figure
 
-    ops = list(dict.fromkeys(r["op"] for r in res["rows"]))
+    def panel(r):  # (panel title, line label)
+        op, _, rung = r["op"].partition(" rung ")
+        return (f"{op}: CUDA C ladder", f"rung {rung}") if rung else (op, r["backend"])
+
+    ops = list(dict.fromkeys(panel(r)[0] for r in res["rows"]))
     fig = Figure(figsize=(4 * len(ops), 7), constrained_layout=True)
     axes = fig.subplots(2, len(ops), squeeze=False)
     for j, op in enumerate(ops):
-        rows = [r for r in res["rows"] if r["op"] == op and r.get("median_us")]
+        rows = [r for r in res["rows"] if panel(r)[0] == op and r.get("median_us")]
         sizes = list(dict.fromkeys(r["size"] for r in rows))
-        for name in res["backends"]:
+        for name in dict.fromkeys(panel(r)[1] for r in rows):
             pts = [(sizes.index(r["size"]), r["median_us"], r["share_of_ceiling"])
-                   for r in rows if r["backend"] == name]
+                   for r in rows if panel(r)[1] == name]
             if pts:
                 xs, ts, ss = zip(*pts, strict=True)
                 axes[0][j].plot(xs, ts, "o-", label=name)
