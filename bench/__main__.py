@@ -7,6 +7,8 @@ import json
 import sys
 
 from bench import compare_torch, env, kernels, train_step
+from bench.gpu_check import NO_GPU
+from minivae import backends
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--backends", default=None, help="comma-separated (default: all available)")
     k.add_argument("--no-save", action="store_true", help="print only, write no results")
     k.add_argument("--name", default="kernels", help="file name of the results (default: kernels)")
+    k.add_argument("--require-gpu", action="store_true",
+                   help=f"exit {NO_GPU} at once, saying why, unless one of the backends runs on a GPU")
+    s = sub.add_parser("smoke", help="every GPU kernel launched once against the NumPy reference")
+    s.add_argument("--cpu", action="store_true",
+                   help="on the CUDA C emulator and Numba's simulator (NUMBA_ENABLE_CUDASIM=1) instead")
+    s.add_argument("--out", default=None, help="also write the JSON lines to this file")
+    g = sub.add_parser("gpu-train", help="the training step on the GPU vs PyTorch eager on CUDA")
+    g.add_argument("--quick", action="store_true", help="fewer rounds")
+    g.add_argument("--batches", default="128,1024", help="comma-separated batch sizes")
+    g.add_argument("--no-save", action="store_true", help="print only, write no results")
     a = sub.add_parser("all", help="kernels, then train")
     a.add_argument("--quick", action="store_true", help="the quick variants (about 5 minutes)")
     a.add_argument("--no-save", action="store_true", help="print only, write no results")
@@ -47,11 +59,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"`python -m bench compare --data {args.data}`\n\n{text}\n")
         print(text)
 
+    if args.command == "smoke":
+        from bench import smoke
+
+        return smoke.main(args.cpu, args.out)
     quick = " --quick" if getattr(args, "quick", False) else ""
+    if args.command == "gpu-train":
+        from bench import gpu_train
+
+        reason = gpu_train.no_gpu_reason()
+        if reason is not None:
+            print(f"no GPU: {reason}")
+            return NO_GPU
+        batches = tuple(int(b) for b in args.batches.split(","))
+        rounds, steps = (3, 10) if args.quick else (5, 20)
+        with _Stream("gpu-train", args.no_save) as stream:
+            res = gpu_train.run(batches, rounds=rounds, steps=steps, on_result=stream.write)
+        _report(res, "gpu-train", gpu_train.table(res), f"python -m bench gpu-train{quick}", args.no_save)
     if args.command in ("kernels", "all"):
         names = args.backends.split(",") if getattr(args, "backends", None) else None
-        res = kernels.run(args.quick, names, log=lambda s: print(s, file=sys.stderr))
+        if getattr(args, "require_gpu", False) and not any(
+                backends.available().get(n) == "ok" and backends.get_backend(n).on_gpu
+                for n in names or backends.GPU_BACKENDS):
+            print(f"no GPU: {_gpu_reasons(names or backends.GPU_BACKENDS)}")
+            return NO_GPU
         name = getattr(args, "name", "kernels")
+        with _Stream(name, args.no_save) as stream:
+            res = kernels.run(args.quick, names, log=lambda s: print(s, file=sys.stderr), on_row=stream.write)
         extra = (f" --backends {args.backends}" if getattr(args, "backends", None) else "") + (
             f" --name {name}" if name != "kernels" else "")
         _report(res, name, kernels.table(res), f"python -m bench kernels{quick}{extra}", args.no_save,
@@ -62,6 +96,31 @@ def main(argv: list[str] | None = None) -> int:
         res = train_step.run(batches, rounds=rounds, steps=steps)
         _report(res, "train", train_step.table(res), f"python -m bench train{quick}", args.no_save)
     return 0
+
+
+def _gpu_reasons(names) -> str:
+    status = backends.available()
+    return "; ".join(f"{n}: {status.get(n, 'not a backend')}" for n in names)
+
+
+class _Stream:
+    """``<name>.jsonl`` in the results folder, one line per result as it is measured (a run cut
+    short keeps what it finished); nothing with ``no_save``."""
+
+    def __init__(self, name: str, no_save: bool):
+        self._file = None if no_save else open(env.results_dir(env.device_name()) / f"{name}.jsonl", "w")
+
+    def write(self, row: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _report(res: dict, name: str, text: str, command: str, no_save: bool, plot=None) -> None:

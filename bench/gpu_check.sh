@@ -1,133 +1,84 @@
 #!/usr/bin/env bash
-# One-shot check of minivae's GPU kernels on a machine with an NVIDIA GPU, in under 8 minutes:
-#   1. the environment: GPU name, driver, CUDA (driver and runtime), CuPy, Numba, numba-cuda, nvcc;
-#   2. the GPU tests: the CUDA C kernels through CuPy (tests/test_kernels_linear_cuda.py's "-cupy"
-#      cases, the cupy backend against numpy), the Numba CUDA kernels, and the nvcc builds;
-#   3. the benchmarks: `python -m bench kernels` (every op, every backend, against the measured
-#      ceilings) and `python -m bench train --quick` (the training step per backend and vs PyTorch).
-# Everything printed also goes to bench/results/<gpu>-<date>/ (bench/env.py's naming): environment.txt,
-# gpu-tests.txt, kernels-bench.txt, train-bench.txt, and the benchmarks' own JSON, Markdown and PNGs.
+# One offline run on a GPU machine that checks every GPU claim of minivae, in 8 minutes:
 #
-# It only reads the GPU's state (nvidia-smi queries): no clocks, power limits, persistence or
-# compute modes are changed, and no GPU is reset. Run from anywhere: bash bench/gpu_check.sh
-# Exit status: 0 when every step that ran passed, 1 when one failed or ran out of time, 2 when no
-# GPU is visible (GPU_CHECK_WITHOUT_GPU=1 goes on anyway: a dry run of this script on a CPU machine).
+#     OUT=/some/empty/folder bash bench/gpu_check.sh
+#
+# The stages (bench/gpu_check.py says what each does): install minivae with no network (pip -e
+# without build isolation, or a linked fallback that builds nothing), record the environment and
+# where libNVVM is, launch every CUDA C and Numba CUDA kernel once against NumPy (smoke), run the
+# GPU test files (one process each, MINIVAE_REQUIRE_GPU=1: nothing skips or falls back to the
+# simulator), benchmark the kernels, the training step against PyTorch eager on CUDA, then the
+# full GPU size sweep with the time that is left.
+#
+# What it leaves in $OUT, whatever happens (default: bench/results/gpu-check-<UTC date and time>):
+# summary.txt (one line per stage: passed / failed / skipped / out of time / no GPU, and the tests'
+# counts), gpu-check.tar.gz (every log, JSON-lines result, JUnit XML, table and plot) and a few
+# files to read first beside it: at most 8 files of at most 16 MiB, no subfolders.
+#
+# Needs: python3 (or $PYTHON) with numpy, pytest, hypothesis and minivae's dependencies; CuPy,
+# numba and numba-cuda for the GPU; PyTorch (and JAX, if there) as the peers. It changes no GPU
+# setting (clocks, power, modes) and resets nothing. Exit status: 0 every stage passed; 1 a stage
+# failed or ran out of time; 2 no GPU visible (GPU_CHECK_WITHOUT_GPU=1 makes it a dry run on the
+# CPU instead, whose GPU stages say "no GPU", exit 0 when everything else passed).
 set -u -o pipefail
 
-BUDGET_S=480          # the whole script: 8 minutes
-ENV_LIMIT_S=60        # nvidia-smi and the version queries
-TESTS_LIMIT_S=300     # pytest; the benchmark gets what is left
-MARGIN_S=15           # kept back for writing results after a step is killed
-
-cd "$(dirname "$0")/.." || exit 2
-PYTHON=${PYTHON:-python}
-if [[ -z ${VIRTUAL_ENV:-} && -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; fi
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}  # the whole run, packing included: 8 minutes
 START=$SECONDS
-left() { echo $((BUDGET_S - (SECONDS - START) - MARGIN_S)); }
+REPO=$(cd "$(dirname "$0")/.." && pwd) || exit 2
+cd "$REPO" || exit 2
 
-if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "gpu_check: no NVIDIA GPU here (nvidia-smi is missing or lists no device)" >&2
-    [[ ${GPU_CHECK_WITHOUT_GPU:-0} == 1 ]] || exit 2
-    GPU_NAME="no-gpu"
+if [[ -n ${PYTHON:-} ]]; then
+    PY=$PYTHON
+elif command -v python3 >/dev/null; then
+    PY=$(command -v python3)
+elif command -v python >/dev/null; then
+    PY=$(command -v python)
 else
-    GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+    PY=""
 fi
-
-OUT=$("$PYTHON" -c "import sys; from bench import env; print(env.results_dir(sys.argv[1]))" "$GPU_NAME") || {
-    echo "gpu_check: cannot import bench (run from the repository, with minivae installed)" >&2
+OUT=${OUT:-$REPO/bench/results/gpu-check-$(date -u +%Y-%m-%dT%H%M%SZ)}
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
+if [[ -z $PY ]]; then
+    echo "gpu_check: no python3 on the PATH (set PYTHON to the interpreter to use)" | tee "$OUT/summary.txt" >&2
     exit 2
-}
-echo "gpu_check: results in $OUT"
-STATUS=0
+fi
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX") || exit 2
+echo "gpu_check: python $PY, results in $OUT, logs in $WORK"
 
-# ---- 1. environment -------------------------------------------------------------------------------
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "host: $(hostname)"
-    echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-    if command -v nvidia-smi >/dev/null; then
-        timeout 30 nvidia-smi --query-gpu=index,name,driver_version,compute_cap,memory.total,clocks.max.sm,power.limit \
-            --format=csv
-        timeout 30 nvidia-smi | grep -m 1 "CUDA Version" | sed 's/^[| ]*/nvidia-smi: /'
+RUNNER=""
+# Whatever stops the run (its own deadline, a signal, a crash of the stage runner), what was
+# written is packed: the stage runner packs as it ends; if it could not, this does.
+finish() {
+    local rc=$?
+    if [[ -n $RUNNER ]] && kill -0 "$RUNNER" 2>/dev/null; then
+        kill -TERM "$RUNNER" 2>/dev/null  # it stops its stages and packs
+        for _ in $(seq 30); do kill -0 "$RUNNER" 2>/dev/null || break; sleep 1; done
+        kill -KILL "$RUNNER" 2>/dev/null
     fi
-    if command -v nvcc >/dev/null; then nvcc --version | tail -n 2; else echo "nvcc: not on PATH"; fi
-    timeout "$ENV_LIMIT_S" "$PYTHON" - <<'EOF'
-import importlib.metadata as md
-import platform
+    if [[ ! -f $WORK/.packed ]]; then
+        tar -czf "$OUT/gpu-check.tar.gz" -C "$WORK" . 2>/dev/null
+        if [[ $(stat -c %s "$OUT/gpu-check.tar.gz" 2>/dev/null || echo 0) -gt $((16 * 1024 * 1024)) ]]; then
+            tar -czf "$OUT/gpu-check.tar.gz" -C "$WORK" --exclude='*.png' --exclude='*.json' . 2>/dev/null
+        fi
+        echo "result: failed (the stage runner ended without packing, exit $rc; gpu-check.tar.gz holds what" \
+            "it had written)" >> "$OUT/summary.txt"
+        (( rc == 0 )) && rc=1
+    else
+        rm -rf "$WORK"  # all of it is in the archive
+    fi
+    exit "$rc"
+}
+trap finish EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
-print(f"python: {platform.python_version()}")
-for dist in ("numpy", "cupy", "cupy-cuda12x", "cupy-cuda13x", "numba", "numba-cuda", "cuda-python"):
-    try:
-        print(f"{dist}: {md.version(dist)}")
-    except md.PackageNotFoundError:
-        pass
-try:
-    import cupy
-
-    rt, drv = cupy.cuda.runtime.runtimeGetVersion(), cupy.cuda.runtime.driverGetVersion()
-    print(f"CUDA runtime (CuPy): {rt // 1000}.{rt % 1000 // 10}; driver API: {drv // 1000}.{drv % 1000 // 10}")
-    for i in range(cupy.cuda.runtime.getDeviceCount()):
-        p = cupy.cuda.runtime.getDeviceProperties(i)
-        print(f"device {i}: {p['name'].decode()}, sm_{p['major']}{p['minor']}, {p['multiProcessorCount']} SMs, "
-              f"{p['totalGlobalMem'] / 2**30:.1f} GiB")
-except Exception as e:  # report, do not stop: the tests say what this means
-    print(f"cupy: unusable here ({type(e).__name__}: {e})")
-try:
-    from numba import cuda
-
-    print(f"numba.cuda.is_available(): {cuda.is_available()}")
-except Exception as e:
-    print(f"numba.cuda: unusable here ({type(e).__name__}: {e})")
-from minivae.backends import available
-
-for name, state in available().items():
-    print(f"backend {name}: {state}")
-EOF
-} 2>&1 | tee "$OUT/environment.txt"
-
-# ---- 2. GPU tests -----------------------------------------------------------------------------------
-# "not emulat" drops the emulator runs of the linear kernels, and "not trap and not sanitizer" the
-# emulator-only fault and sanitizer builds (CI has them all); what stays is the same kernels on the
-# GPU through CuPy, the cupy backend against numpy (its latent, Bernoulli and Adam kernels too), the
-# Numba CUDA kernels on the GPU, the 20-step training trajectories, the launch checks and the nvcc
-# builds. The elementwise CUDA C file runs on the emulator only, so it is left to CI.
-LIMIT=$(( $(left) < TESTS_LIMIT_S ? $(left) : TESTS_LIMIT_S ))
-echo "== GPU tests (at most ${LIMIT} s)" | tee "$OUT/gpu-tests.txt"
-timeout --kill-after=10 "$LIMIT" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
-    tests/test_kernels_linear_cuda.py tests/test_kernels_numba_cuda.py \
-    -k "not emulat and not trap and not sanitizer" 2>&1 | tee -a "$OUT/gpu-tests.txt"
+LEFT=$(( BUDGET_S - (SECONDS - START) ))
+# the runner keeps its own deadline; timeout is the backstop should it hang past it (TERM: it packs)
+timeout --kill-after=30 "$LEFT" "$PY" bench/gpu_check.py --python "$PY" --work "$WORK" --out "$OUT" \
+    --deadline $(( $(date +%s) + LEFT )) &
+RUNNER=$!
+wait "$RUNNER"
 rc=$?
-if (( rc != 0 )); then
-    STATUS=1
-    (( rc == 124 || rc == 137 )) && echo "gpu_check: the tests ran out of time (${LIMIT} s)" | tee -a "$OUT/gpu-tests.txt"
-fi
-
-# ---- 3. benchmarks ----------------------------------------------------------------------------------
-# Every op on every available backend against the measured ceilings (cuBLAS SGEMM peak, copy
-# bandwidth), then the whole training step per backend and against PyTorch; each writes its JSON,
-# Markdown and plots into the same results folder (MINIVAE_BENCH_OUT). The quick sweep of every
-# backend first, so that a slow machine still leaves numbers; then the training step; then the full
-# size sweep of the GPU backends alone (the CPU's 8192 x 4096 x 4096 GEMMs would eat the budget).
-bench_step() {  # bench_step NAME MIN_SECONDS ARGS...
-    local name=$1 need=$2; shift 2
-    local limit; limit=$(left)
-    echo "== python -m bench $* (at most ${limit} s)" | tee "$OUT/$name.txt"
-    if (( limit < need )); then
-        echo "gpu_check: skipped, only ${limit} s left" | tee -a "$OUT/$name.txt"
-        STATUS=1
-        return
-    fi
-    timeout --kill-after=10 "$limit" "$PYTHON" -m bench "$@" 2>&1 | tee -a "$OUT/$name.txt"
-    (( ${PIPESTATUS[0]} == 0 )) || STATUS=1
-}
-export MINIVAE_BENCH_OUT="$OUT"
-bench_step kernels-bench 60 kernels --quick
-bench_step train-bench 30 train --quick
-GPU_BACKENDS=$("$PYTHON" -c "from minivae.backends import available; \
-print(','.join(n for n, s in available().items() if s == 'ok' and n in ('cupy', 'numba-cuda')))")
-if [[ -n $GPU_BACKENDS ]]; then
-    bench_step kernels-gpu-full-bench 60 kernels --backends "$GPU_BACKENDS" --name kernels-gpu-full
-fi
-
-echo "gpu_check: done in $((SECONDS - START)) s, status $STATUS; results in $OUT"
-exit "$STATUS"
+RUNNER=""
+exit "$rc"
