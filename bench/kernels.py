@@ -232,12 +232,14 @@ def cpu_ceilings(n: int = 2048, copy_mib: int = 256) -> dict:
     return {"matmul_gflops": matmul_peak(n), "copy_gbs": copy_bandwidth(copy_mib * 2**20)}
 
 
-def gpu_ceilings(device, n: int = 8192, copy_mib: int = 1024) -> dict:
+def gpu_ceilings(device=None, n: int = 8192, copy_mib: int = 1024) -> dict:
     """The GPU's ceilings, timed as every GPU row is (``gpu_timing.time_on_device``): float32 SGEMM
     through cuBLAS (TF32 off unless CUPY_TF32=1, which is recorded) and a device-to-device copy of
-    ``copy_mib`` MiB (DRAM bandwidth: twice the L2 and more)."""
+    ``copy_mib`` MiB (DRAM bandwidth: twice the L2 and more). ``device``: CuPy's current one unless
+    given."""
     import os
 
+    device = device or gpu_timing.CupyDevice()
     gemm, copy = device.sgemm(n), device.copy(copy_mib * 2**20)
     gemm(), copy()
     gemm_s = gpu_timing.time_on_device(gemm, device).min_s

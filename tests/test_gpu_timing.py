@@ -149,6 +149,7 @@ def test_on_the_gpu_a_kernel_of_known_length_is_timed_at_its_length(kernel_us):
     fn()
     t = gpu_timing.time_on_device(fn, device, samples=5)
     assert not t.host_gaps
-    # the kernel's own entry and exit cost a few microseconds more than its spin
-    assert kernel_us * 1e-6 <= t.median_s <= kernel_us * 1e-6 + 5e-6, t
+    # the spin ends within one tick of the device's clock (32 ns to 1 us, by GPU) of its length; the
+    # kernel's own launch and exit add a few microseconds at most
+    assert kernel_us * 1e-6 - 1.1e-6 <= t.median_s <= kernel_us * 1e-6 + 5e-6, t
     assert t.dispatch_s > 0
