@@ -1,12 +1,13 @@
 """Every costly op, every available backend, over a size sweep, against the machine's ceilings.
 
 For each op (linear forward and backward, the fused latent sampling + KL forward and backward, the
-Bernoulli likelihood, the Adam update) and each backend available here, the op is first validated
-against the NumPy reference, then timed (median and minimum after warm-up, backends interleaved
-round by round), then validated again: a run that fails validation is reported as failed, never as
-a speed. Napkin math turns times into GFLOP/s (GEMMs: 2 M N K per product) or GB/s (elementwise:
-bytes that must cross memory at least once), and into a share of the ceiling measured in the same
-run: the float32 matmul peak of the vendor BLAS (cuBLAS on a GPU) and the memory copy bandwidth.
+Bernoulli likelihood, the importance weights of the K-sample bound, the Adam update) and each
+backend available here, the op is first validated against the NumPy reference, then timed (median
+and minimum after warm-up, backends interleaved round by round), then validated again: a run that
+fails validation is reported as failed, never as a speed. Napkin math turns times into GFLOP/s
+(GEMMs: 2 M N K per product) or GB/s (elementwise: bytes that must cross memory at least once), and
+into a share of the ceiling measured in the same run: the float32 matmul peak of the vendor BLAS
+(cuBLAS on a GPU) and the memory copy bandwidth.
 
 On the CPU the ``numpy`` backend *is* the vendor-library way (BLAS GEMM, then separate NumPy passes
 for bias and activation), so the value of fusion is the ratio beside it. On a GPU the same NumPy
@@ -168,6 +169,20 @@ def bernoulli_cases(sizes) -> list[Case]:
     return out
 
 
+def iwae_cases(sizes) -> list[Case]:
+    """The importance weights of K samples for N examples: the K-sample bound's log-mean-exp and
+    softmax over the samples."""
+    out = []
+    for k, n in sizes:
+        def make(be, k=k, n=n):
+            log_w = _rand(be.xp, (k, n), np.random.default_rng(0), 5.0)
+            return lambda: be.importance_weights(log_w)
+
+        # reads log_w, writes the weights and the bound
+        out.append(Case("importance_weights", f"{k}x{n}", F32 * (2 * k * n + n), "bytes", make))
+    return out
+
+
 def adam_cases(sizes) -> list[Case]:
     out = []
     for p in sizes:
@@ -200,15 +215,17 @@ def all_cases(quick: bool) -> list[Case]:
     if quick:
         lin = [(128, 784, 400), (128, 400, 40), (1024, 784, 400)]
         lat, brn, adm = [(128, 20), (8192, 20)], [(128, 784), (1024, 784)], [313_600, 2_000_000]
+        iw = [(5, 128), (50, 1024)]
     else:
         lin = [(128, 784, 400), (128, 400, 40), (128, 20, 400), (128, 400, 784), (1024, 784, 400),
                (4096, 1024, 1024), (8192, 4096, 4096)]
         lat = [(128, 20), (1024, 20), (8192, 64), (65536, 64)]
         brn = [(128, 784), (1024, 784), (8192, 784), (8192, 4096)]
         adm = [313_600, 2_000_000, 16_000_000]
+        iw = [(5, 128), (50, 1024), (50, 65536)]
     ladder = [(128, 784, 400), (1024, 784, 400)] + ([] if quick else [(4096, 1024, 1024)])
     return (linear_cases(lin) + ladder_cases(ladder) + latent_cases(lat) + bernoulli_cases(brn)
-            + adam_cases(adm) + scaling_cases(quick))
+            + iwae_cases(iw) + adam_cases(adm) + scaling_cases(quick))
 
 
 # ------------------------------------------------------------------------------------------------

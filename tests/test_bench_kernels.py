@@ -15,7 +15,8 @@ from minivae.kernels import _emulate
 def small_cases(monkeypatch):
     """Training-like shapes, shrunk: the point is the bookkeeping, not the speed."""
     cases = (kernels.linear_cases([(17, 33, 9)]) + kernels.latent_cases([(17, 5)])
-             + kernels.bernoulli_cases([(17, 33)]) + kernels.adam_cases([129]))
+             + kernels.bernoulli_cases([(17, 33)]) + kernels.iwae_cases([(3, 17)])
+             + kernels.adam_cases([129]))
     monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
     monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
     monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
@@ -113,7 +114,7 @@ def test_quick_and_full_sweeps_cover_every_op_and_the_scaling():
     for quick in (True, False):
         ops = {c.op for c in kernels.all_cases(quick)}
         assert ops == {"linear_forward (relu)", "linear_backward (relu)", "latent_forward", "latent_backward",
-                       "bernoulli", "adam", "linear_forward vs batch (784->400)",
+                       "bernoulli", "importance_weights", "adam", "linear_forward vs batch (784->400)",
                        "linear_forward vs width (batch 128)"} | ladder
         assert all(c.backends == ("cupy",) for c in kernels.all_cases(quick) if c.op in ladder)
     full = kernels.all_cases(False)
