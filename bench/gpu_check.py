@@ -383,8 +383,9 @@ def status_of(code: int | None) -> str:
     return {0: "passed", NO_GPU: "no GPU"}.get(code, "failed")
 
 
-def jsonl_detail(path: Path, failed_key: str, ok_when) -> tuple[int, int]:
-    """(lines, failed lines) of a JSON-lines file."""
+def jsonl_detail(path: Path, row_key: str, ok_when) -> tuple[int, int]:
+    """(results, failed results) of a JSON-lines file: the lines with ``row_key``, and those of them
+    ``ok_when`` rejects."""
     rows = bad = 0
     if path.exists():
         for line in path.read_text().splitlines():
@@ -392,7 +393,7 @@ def jsonl_detail(path: Path, failed_key: str, ok_when) -> tuple[int, int]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if failed_key in row:
+            if row_key in row:
                 rows += 1
                 bad += not ok_when(row)
     return rows, bad
@@ -413,9 +414,12 @@ def smoke(run: Run, cpu: bool) -> Stage:
     stage.logs.append(log)
     stage.status = status_of(code)
     rows, bad = jsonl_detail(out, "ok", lambda r: r["ok"])
-    stage.detail = (tail(log, 1) if stage.status == "no GPU"
-                    else f"{rows - bad}/{rows} kernels match the reference" + ("" if code is not None else
-                                                                             f" (limit {limit:.0f} s)"))
+    if stage.status == "no GPU":
+        stage.detail = tail(log, 1)
+    else:
+        stage.detail = f"{rows - bad}/{rows} kernels match the reference"
+        if code is None:
+            stage.detail += f" before the limit ({limit:.0f} s)"
     stage.seconds = time.time() - t
     return run.add(stage)
 
