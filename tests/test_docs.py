@@ -160,3 +160,36 @@ def test_the_loss_table_names_the_calls_the_model_makes():
     source = inspect.getsource(VAE.loss) + inspect.getsource(VAE._score)
     missing = sorted(c for c in calls if f"{c}(" not in source and f"self.{c}(" not in source)
     assert not missing, f"the loss table names {missing}, which VAE.loss does not call"
+
+
+def _section(heading: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def _code_line(line: str) -> str:
+    """A source line as the page quotes it: its comment dropped, whitespace folded."""
+    return " ".join(line.split("  # ")[0].split())
+
+
+def test_the_iwae_table_is_the_code_line_for_line():
+    """The table of "The importance-weighted bound" quotes, in its first column, lines of
+    VAE._iwae_loss (and VAE._score_rows): each quoted line is a line of the code, and every line of
+    the method's body from its forward to its gradients is quoted, so the derivation a reader checks
+    against the table is the code that runs, line for line."""
+    from minivae.model import VAE
+
+    rows = [line for line in _section("The importance-weighted bound").splitlines()
+            if line.startswith("| `")]
+    quoted = [" ".join(s.split()) for row in rows for s in re.findall(r"`([^`]+)`", row.split("|")[1])]
+    assert len(quoted) >= 20, quoted
+    method = inspect.getsource(VAE._iwae_loss)
+    source = {_code_line(line) for line in (method + inspect.getsource(VAE._score_rows)).splitlines()}
+    missing = [q for q in quoted if q not in source]
+    assert not missing, f"the page quotes {missing}, which are not lines of VAE._iwae_loss"
+    body = method[method.index("# forward"):method.index("grads = {")]
+    lines = [_code_line(line) for line in body.splitlines()]
+    unquoted = [line for line in lines if line and not line.startswith("#") and line not in quoted]
+    assert not unquoted, f"VAE._iwae_loss runs {unquoted}, which the page's table does not quote"
