@@ -25,6 +25,9 @@ set -u -o pipefail
 BUDGET_S=${GPU_CHECK_BUDGET_S:-480}  # the whole run, packing included: 8 minutes
 START=$SECONDS
 REPO=$(cd "$(dirname "$0")/.." && pwd) || exit 2
+OUT=${OUT:-$REPO/bench/results/gpu-check-$(date -u +%Y-%m-%dT%H%M%SZ)}
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)  # before the cd below: a relative OUT is the caller's
 cd "$REPO" || exit 2
 
 if [[ -n ${PYTHON:-} ]]; then
@@ -36,9 +39,6 @@ elif command -v python >/dev/null; then
 else
     PY=""
 fi
-OUT=${OUT:-$REPO/bench/results/gpu-check-$(date -u +%Y-%m-%dT%H%M%SZ)}
-mkdir -p "$OUT" || exit 2
-OUT=$(cd "$OUT" && pwd)
 if [[ -z $PY ]]; then
     echo "gpu_check: no python3 on the PATH (set PYTHON to the interpreter to use)" | tee "$OUT/summary.txt" >&2
     exit 2
