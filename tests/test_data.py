@@ -515,7 +515,7 @@ def test_h5_without_h5py_says_how_to_install_it(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "h5py", None)  # makes `import h5py` fail
     (tmp_path / "d.hdf5").write_bytes(b"")
-    with pytest.raises(DataError, match=r"needs h5py.*pip install minivae\[hdf5\]"):
+    with pytest.raises(DataError, match=r'needs h5py.*pip install -e "\.\[hdf5\]"'):
         load_dataset(tmp_path / "d.hdf5", key="x")
 
 
