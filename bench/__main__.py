@@ -43,7 +43,33 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     c.add_argument("--iwae-k", type=int, default=1000, help="importance samples for the NLL")
     c.add_argument("--no-save", action="store_true", help="print only, write no results")
+    w = sub.add_parser("iwae", help="VAE vs IWAE at K = 1, 5, 50 with the paper's model: test NLL, "
+                                    "active units, time per epoch (Burda et al. 2015, Table 1)")
+    w.add_argument("--data", default="digits", help="digits, or an MNIST-family name (IDX files)")
+    w.add_argument("--data-dir", default=None, help="where the IDX files are")
+    w.add_argument("--scale", type=float, default=0.1,
+                   help="the schedule's epochs per stage times this (1: the paper's 3280 epochs)")
+    w.add_argument("--ks", default="1,5,50", help="comma-separated numbers of samples K")
+    w.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    w.add_argument("--estimator", default="standard", help="standard | dreg: IWAE's gradient")
+    w.add_argument("--iwae-k", type=int, default=5000, help="importance samples for the test NLL")
+    w.add_argument("--backends", default="numba,numpy",
+                   help="comma-separated; the first trains, the others are timed per epoch")
+    w.add_argument("--no-save", action="store_true", help="print only, write no results")
     args = p.parse_args(argv)
+
+    if args.command == "iwae":
+        from bench import iwae
+
+        ks = tuple(int(k) for k in args.ks.split(","))
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        names = [b for b in args.backends.split(",") if backends.available().get(b) == "ok"]
+        with _Stream(f"iwae-{args.data}", args.no_save) as stream:
+            res = iwae.run(args.data, args.data_dir, args.scale, ks, seeds, args.estimator, args.iwae_k,
+                           names, log=lambda s: print(s, file=sys.stderr), on_result=stream.write)
+        command = (f"python -m bench iwae --data {args.data} --scale {args.scale} --ks {args.ks} "
+                   f"--seeds {args.seeds} --estimator {args.estimator}")
+        _report(res, f"iwae-{args.data}", iwae.table(res), command, args.no_save)
 
     if args.command == "compare":
         seeds = tuple(int(s) for s in args.seeds.split(","))

@@ -33,3 +33,12 @@ def test_the_ordering_is_read_from_the_rows(rows, lower, not_fewer):
     rs = [{"model": m, "k": 5, "test_nll": nll, "active_units": au} for m, nll, au in rows]
     o = iwae.ordering(rs, (1, 5))["5"]
     assert (o["iwae_nll_lower"], o["iwae_active_units_not_fewer"]) == (lower, not_fewer)
+
+
+def test_python_m_bench_iwae_prints_the_table(capsys):
+    from bench.__main__ import main
+
+    assert main(["iwae", "--scale", "0.001", "--ks", "2", "--seeds", "0", "--iwae-k", "10",
+                 "--backends", "numpy", "--no-save"]) == 0
+    out = capsys.readouterr().out
+    assert "| VAE | 2 |" in out and "| IWAE | 2 |" in out and "The paper's ordering:" in out
