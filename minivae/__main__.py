@@ -5,10 +5,16 @@ and the plotting libraries takes a second, and a Ctrl-C in that second should en
 quietly as one later on (``minivae.cli.main`` handles those).
 """
 
+import signal
 import sys
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the program as Ctrl-C does: exit 130, one line
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminated)  # training installs its own handler while it steps
     try:
         from minivae.cli import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
         from minivae.cli import main as cli_main

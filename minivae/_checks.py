@@ -46,23 +46,29 @@ def non_negative_int(name: str, value: object) -> int:
     return integer(name, value, 0)
 
 
-def non_negative_float(name: str, value: object) -> float:
-    """``value`` as a finite float >= 0, else ValueError."""
+def _finite_number(name: str, value: object, low: float, strict: bool) -> float:
+    """``value`` as a finite float >= low (> low when ``strict``); a string or a bool is not a
+    number here (TOML settings are typed: "1" is a string, true a flag)."""
+    expected = f"a finite number {'>' if strict else '>='} {low:g}"
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}") from None
+    if not math.isfinite(v) or v < low or (strict and v == low):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return v
+
+
+def non_negative_float(name: str, value: object) -> float:
+    """``value`` as a finite float >= 0, else ValueError."""
+    return _finite_number(name, value, 0.0, strict=False)
 
 
 def positive_float(name: str, value: object) -> float:
     """``value`` as a finite float > 0, else ValueError."""
-    v = non_negative_float(name, value)
-    if v == 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
+    return _finite_number(name, value, 0.0, strict=True)
 
 
 def float_dtype(name: str, value: object) -> np.dtype:

@@ -56,8 +56,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _csv_ints(s: str) -> tuple[int, ...]:
+    """"64,32" -> (64, 32); "" -> () (no hidden layer); an empty item ("64,,32") is an error."""
     try:
-        return tuple(int(v) for v in s.split(",") if v.strip()) if s.strip() else ()
+        return tuple(int(v) for v in s.split(",")) if s.strip() else ()
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
@@ -87,9 +88,10 @@ TRAIN_FLAGS = {
     "optimizer": (str, "sgd | adam | adamw"),
     "lr": (float, "learning rate (the first stage's, with --lr-schedule burda)"),
     "lr_schedule": (str, "constant | burda: stages i = 0..7 of 3^i epochs at lr * 10^(-i/7) "
-                         "(Burda et al. 2015)"),
-    "schedule_scale": (float, "burda schedule: each stage's epochs times this (at least 1 each); "
-                              "a preset's --epochs follow it"),
+                         "(Burda et al. 2015); without --epochs a burda run lasts the schedule "
+                         "(3280 epochs times --schedule-scale)"),
+    "schedule_scale": (float, "burda schedule only: each stage's epochs times this (at least 1 "
+                              "each)"),
     "adam_eps": (float, "Adam's eps (the term added to the denominator)"),
     "momentum": (float, "SGD momentum, in [0, 1)"),
     "weight_decay": (float, "weight decay (L2 for sgd/adam, decoupled for adamw)"),
@@ -309,7 +311,8 @@ def _evaluate(args) -> int:
 
 
 # The train flags that define a model; `minivae gradcheck` takes them too, with train's defaults.
-MODEL_FLAGS = ("hidden", "z_dim", "activation", "likelihood", "sigma", "n_samples", "beta")
+MODEL_FLAGS = ("hidden", "z_dim", "activation", "likelihood", "sigma", "n_samples", "beta",
+               "objective")
 
 
 def _gradcheck_parser(sub) -> None:
@@ -360,6 +363,11 @@ def _gradcheck(args) -> int:
             raise UsageError(f"gradcheck RUN checks the run's own model: {given} cannot be given "
                              "with it (only --batch-size, --seed and --mode can)")
         result = commands.gradcheck_run(args.run, **common)
+        from minivae.runs import read_checkpoint
+
+        if read_checkpoint(args.run)[0].estimator == "dreg":
+            print("note: the run trained with DReG, whose encoder gradient is that of a surrogate; "
+                  "this checks the bound's exact gradient (the standard estimator)", file=sys.stderr)
     else:
         result = commands.gradcheck_model(**model, **common)
     print(result)
@@ -447,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # argparse would name the program, not the command, in this one message
+            where = f"{args.command}: " if args.command else ""
+            raise UsageError(f"{where}unrecognized arguments: {' '.join(unknown)}")
         if args.command is None:  # bare `minivae`: show the commands
             parser.print_help(sys.stderr)
             return EXIT_USAGE

@@ -59,12 +59,27 @@ class TrainConfig:
     backend: str = "numpy"
 
     def __post_init__(self) -> None:
+        # typed settings (a TOML file may hold anything): strings are strings, flags are flags
+        for name in ("data", "binarize", "activation", "likelihood", "dtype", "optimizer",
+                     "lr_schedule", "on_nonfinite", "backend", "objective", "estimator"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("data_dir", "key"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string (or left out), got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("conditional", "pictures"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.hidden = _checks.sizes("hidden", self.hidden)
         for name in ("z_dim", "epochs", "batch_size", "n_samples", "iwae_k"):
             setattr(self, name, _checks.positive_int(name, getattr(self, name)))
         self.adam_eps = _checks.positive_float("adam_eps", self.adam_eps)
         self.schedule_scale = _checks.positive_float("schedule_scale", self.schedule_scale)
         _checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule == "constant" and self.schedule_scale != 1:
+            raise ValueError(f"schedule_scale {self.schedule_scale} scales the burda schedule: "
+                             "expected lr_schedule 'burda' (or no schedule_scale)")
         for name in ("lr", "momentum", "weight_decay", "beta"):
             setattr(self, name, _checks.non_negative_float(name, getattr(self, name)))
         if self.momentum >= 1:  # the velocity would never decay: SGD diverges

@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from minivae import _checks
 from minivae._files import atomic_write
@@ -54,6 +55,9 @@ FIGURE_MIN_WIDTH_IN = 4.0
 TEXT_LINE_IN = 0.3
 MARGIN_IN = 0.2
 DPI = 100
+# Latent traversal: at most this many dimensions, one row each (a 50-dimensional model's rows
+# would be too thin to read).
+MAX_TRAVERSAL_ROWS = 16
 # Reconstructions: tiles per row, and the most inputs one picture shows (30 rows of 8).
 RECONSTRUCTION_COLUMNS = 8
 MAX_RECONSTRUCTIONS = 240
@@ -326,9 +330,12 @@ def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str
     ``mu`` is the posterior mean of the single input ``x``; ``values`` (default -3..3 in 9 steps,
     prior standard deviations) are the offsets v, one per column, named below the grid. ``kl``
     (optional, one number per dimension: ``kl_per_dimension`` of the test data) labels each row
-    with its dimension's KL: a row whose KL is near 0 is a dimension the encoder does not use,
-    and its images barely change. ``active`` (optional, one bool per dimension: Burda et al.'s
-    active units, ``minivae.train.active_units``) marks the inactive rows.
+    with its dimension's KL, and ``active`` (optional, one bool per dimension: Burda et al.'s
+    active units, ``minivae.train.active_units``) marks the inactive rows: two views of a
+    dimension the model barely uses (small KL: q stays near the prior; inactive: the posterior
+    mean hardly moves with the data), whose images barely change. Of more than
+    MAX_TRAVERSAL_ROWS dimensions, those with the largest KL are drawn (the first ones without
+    ``kl``), as the title says.
     """
     h, w = _check_image_shape(image_shape, model.x_dim)
     values = np.linspace(-3, 3, 9) if values is None else values
@@ -339,23 +346,33 @@ def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str
     y = _labels(model, "y", y, 1)
     mu, _ = model.encode(x, y)
     d, k = model.z_dim, values.size
-    z = np.repeat(mu, d * k, axis=0).reshape(d, k, d)
-    z[np.arange(d), :, np.arange(d)] += values  # row i moves only coordinate i
-    y_all = None if y is None else np.full(d * k, y[0])
-    decoded = model.likelihood.mean(model.decode(z.reshape(d * k, d), y_all))
-    grid = _tile(decoded, (h, w), k)
-    rows = [f"z{i + 1}" for i in range(d)]
-    title = "Latent traversal: row i sets z_i = mu_i + v, mu = posterior mean"
     if kl is not None:
         kl = _checks.finite_array("kl", kl, shape=(d,))
-        rows = [f"{r}  KL {v:.2f}" for r, v in zip(rows, kl, strict=True)]
-        title += "\nKL: mean over the test data, nats (near 0: an unused dimension)"
     if active is not None:
         active = np.asarray(active)
         if active.shape != (d,) or active.dtype != bool:
             raise ValueError(f"active must be {d} booleans (one per latent dimension), got dtype "
                              f"{active.dtype} shape {active.shape}")
-        rows = [r if a else f"{r}  inactive" for r, a in zip(rows, active, strict=True)]
+    dims = np.arange(d)
+    if d > MAX_TRAVERSAL_ROWS:
+        dims = np.sort(np.argsort(-kl, kind="stable")[:MAX_TRAVERSAL_ROWS]) if kl is not None \
+            else dims[:MAX_TRAVERSAL_ROWS]
+    r = len(dims)
+    z = np.repeat(mu, r * k, axis=0).reshape(r, k, d)
+    z[np.arange(r), :, dims] += values  # row i moves only coordinate dims[i]
+    y_all = None if y is None else np.full(r * k, y[0])
+    decoded = model.likelihood.mean(model.decode(z.reshape(r * k, d), y_all))
+    grid = _tile(decoded, (h, w), k)
+    rows = [f"z{i + 1}" for i in dims]
+    title = "Latent traversal: row i sets z_i = mu_i + v, mu = posterior mean"
+    if r < d:
+        title += (f"\nthe {r} of {d} dimensions with the largest KL" if kl is not None
+                  else f"\nthe first {r} of {d} dimensions")
+    if kl is not None:
+        rows = [f"{name}  KL {v:.2f}" for name, v in zip(rows, kl[dims], strict=True)]
+        title += "\nKL: each dimension's mean KL over the test data, nats"
+    if active is not None:
+        rows = [name if a else f"{name}  inactive" for name, a in zip(rows, active[dims], strict=True)]
         title += f"\n{int(active.sum())} of {d} units active (Var_x E_q[z_u|x] > 0.01)"
     fig, ax = _grid_figure(grid, title, label_lines=1)
     scale = _display_scale((h, w))
@@ -505,6 +522,7 @@ def loss_figure(metrics: Sequence[dict]) -> Figure:
         _plot_present(ax, metrics, val_key, label="validation", marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("nats per example")
         ax.grid(alpha=0.3)
     # beta = 1: the objective is -ELBO (to rounding), and a dashed copy would hide under it

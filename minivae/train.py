@@ -100,17 +100,18 @@ def train(config: TrainConfig | None, run_dir: str | Path, *, overwrite: bool = 
     state = run.state
     summary: dict = {}
     interrupted = stopped_early = False
-    with _Interrupt() as intr, _blas_threads_for(run.config, run.model):
-        while not state.done and state.epoch < run.config.epochs:
-            interrupted = _train_epoch(run, intr, progress)
-            if interrupted:
-                save_checkpoint(run.dir, run.model, run.optimizer, run.config, state, run.best)
-                log(f"interrupted: checkpoint saved at epoch {state.epoch + 1}, step {state.step}; "
-                    f"continue with `minivae train --resume {run.dir}`")
-                break
-            stopped_early = _close_epoch(run)
-            if stopped_early:
-                break
+    with _Interrupt() as intr:
+        with _blas_threads_for(run.config, run.model):  # the steps; the evaluation keeps them all
+            while not state.done and state.epoch < run.config.epochs:
+                interrupted = _train_epoch(run, intr, progress)
+                if interrupted:
+                    save_checkpoint(run.dir, run.model, run.optimizer, run.config, state, run.best)
+                    log(f"interrupted: checkpoint saved at epoch {state.epoch + 1}, step "
+                        f"{state.step}; continue with `minivae train --resume {run.dir}`")
+                    break
+                stopped_early = _close_epoch(run)
+                if stopped_early:
+                    break
         if state.skipped_steps * 2 > state.global_step and not interrupted:
             log(f"warning: {state.skipped_steps} of {state.global_step} steps were skipped for a "
                 "non-finite loss or gradient: the model has barely trained (lower --lr, or try "
@@ -303,7 +304,8 @@ def _close_epoch(run: _Run) -> bool:
     # skipped has none of them (null, not 0)
     loss, neg_elbo, recon, kl = ((v / s[3] if s[3] else None)
                                  for v in (s[0], s[1] + s[2], s[1], s[2]))
-    rec = {"epoch": epoch + 1, "objective": c.objective, "beta": beta, "train_loss": loss,
+    rec = {"epoch": epoch + 1, "objective": c.objective, "lr": c.lr_at(epoch), "beta": beta,
+           "train_loss": loss,
            "train_neg_elbo": neg_elbo, "train_recon": recon, "train_kl": kl,
            "skipped_steps": state.skipped_steps,
            "elapsed_seconds": round(time.perf_counter() - run.started, 3)}
@@ -572,10 +574,11 @@ SMALL_GEMM_MACS = 1 << 23
 
 
 def largest_gemm_macs(config: TrainConfig, model: VAE) -> int:
-    """Multiply-adds of the largest matrix product in one training step: batch x fan-in x
-    fan-out of the widest layer (the backward's products have the same size)."""
-    layers = [w.shape for k, w in model.params.items() if k.endswith(".W")]
-    return config.batch_size * max(math.prod(shape) for shape in layers)
+    """Multiply-adds of the largest matrix product in one training step: rows x fan-in x fan-out
+    of the widest layer (the backward's products have the same size); the decoder's rows are
+    the batch's K = n_samples samples of z."""
+    return max(config.batch_size * (config.n_samples if k.startswith("dec.") else 1)
+               * math.prod(w.shape) for k, w in model.params.items() if k.endswith(".W"))
 
 
 def _blas_threads_for(config: TrainConfig, model: VAE):

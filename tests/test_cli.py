@@ -196,7 +196,7 @@ BAD = [
     ("train --z-dim two", "argument --z-dim: invalid int value: 'two'"),
     ("train --activation swish", "activation must be one of"),
     ("train --sigma 0", "sigma must be a finite number > 0, got 0.0"),
-    ("train --sigma nan", "sigma must be a finite number >= 0, got nan"),
+    ("train --sigma nan", "sigma must be a finite number > 0, got nan"),
     ("train --dtype float16", "dtype must be 'float32' or 'float64', got 'float16'"),
     ("train --epochs 0", "epochs must be a positive integer, got 0"),
     ("train --batch-size 1.5", "argument --batch-size: invalid int value: '1.5'"),
@@ -206,7 +206,12 @@ BAD = [
     ("train --lr-schedule burda --schedule-scale 0", "schedule_scale must be a finite number > 0"),
     ("train --schedule-scale x", "argument --schedule-scale: invalid float value: 'x'"),
     ("train --adam-eps 0", "adam_eps must be a finite number > 0, got 0.0"),
-    ("train --adam-eps nan", "adam_eps must be a finite number >= 0, got nan"),
+    ("train --schedule-scale 0.1", "schedule_scale 0.1 scales the burda schedule: expected "
+                                   "lr_schedule 'burda'"),
+    ("train --hidden 64,,32", "argument --hidden: expected comma-separated integers, got '64,,32'"),
+    ("gradcheck --bogus", "gradcheck: unrecognized arguments: --bogus"),
+    ("train --config {typed_toml}", "pictures must be true or false, got 'no'"),
+    ("train --adam-eps nan", "adam_eps must be a finite number > 0, got nan"),
     ("train --preset burda", "preset must be one of 'burda2015', got 'burda'"),
     ("train --resume {plain} --preset burda2015", "--preset cannot be given with it"),
     ("train --lr inf", "lr must be a finite number >= 0, got inf"),
@@ -218,7 +223,7 @@ BAD = [
     ("train --warmup-epochs -1", "warmup_epochs must be an integer >= 0, got -1"),
     ("train --warmup-epochs x", "argument --warmup-epochs: invalid int value: 'x'"),
     ("train --clip 0", "clip must be a finite number > 0, got 0.0"),
-    ("train --clip -1", "clip must be a finite number >= 0, got -1.0"),
+    ("train --clip -1", "clip must be a finite number > 0, got -1.0"),
     ("train --patience 0", "patience must be a positive integer, got 0"),
     ("train --patience 2 --val-fraction 0", "patience 2 needs a validation split to watch"),
     ("train --n-samples 0", "n_samples must be a positive integer, got 0"),
@@ -250,6 +255,7 @@ def scene(tmp_path, runs) -> dict[str, str]:
     (tmp_path / "corrupt" / "checkpoint.safetensors").write_bytes(b"\xff" * 64)
     (tmp_path / "bad.toml").write_text("epochs = = 3\n")
     (tmp_path / "unknown.toml").write_text("epoch = 3\n")
+    (tmp_path / "typed.toml").write_text('pictures = "no"\n')
     np.savez(tmp_path / "arrays.npz", x=np.zeros((10, 4), dtype=np.float32))
     _fake_mnist(tmp_path / "corrupt-idx" / "mnist")
     (tmp_path / "corrupt-idx" / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(
@@ -259,6 +265,7 @@ def scene(tmp_path, runs) -> dict[str, str]:
             "empty": str(tmp_path / "empty"), "corrupt": str(tmp_path / "corrupt"),
             "existing": str(tmp_path / "exists.png"), "png_dir": str(tmp_path / "dir.png"),
             "bad_toml": str(tmp_path / "bad.toml"), "unknown_toml": str(tmp_path / "unknown.toml"),
+            "typed_toml": str(tmp_path / "typed.toml"),
             **{k: str(getattr(runs, k)) for k in ("plain", "cond", "flat", "no_test", "gone")}}
 
 
@@ -973,3 +980,44 @@ def test_info_says_how_to_install_the_gpu_extras_as_the_readme_does(monkeypatch,
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("cupy "))
     assert 'pip install -e ".[gpu]" (CUDA 12) or -e ".[gpu13]" (CUDA 13)' in line
     assert 'pip install -e ".[gpu13]"' in (Path(__file__).parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("data = 5", "data must be a string, got 5"),
+    ('data = "mnist"\ndata_dir = 5', "data_dir must be a string (or left out), got 5"),
+    ("conditional = 1", "conditional must be true or false, got 1"),
+    ('clip = "1"', "clip must be a finite number > 0, got '1'"),
+    ('epochs = "3"', "epochs must be a positive integer, got '3'"),
+])
+def test_a_toml_setting_of_the_wrong_type_is_one_line(tmp_path, capsys, toml, message):
+    (tmp_path / "c.toml").write_text(toml + "\n")
+    assert cli.main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"minivae: error: {message}\n" and not (tmp_path / "r").exists()
+
+
+def test_sigterm_outside_training_is_exit_130_and_one_line(runs, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "minivae", "evaluate", str(runs.plain), "--iwae-k",
+                             "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, out, err) == (130, "", "minivae: interrupted\n")
+
+
+def test_gradcheck_of_an_iwae_run_checks_the_bound_it_trained_on(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "iw"
+    assert cli.main(["train", *TINY, "--objective", "iwae", "--n-samples", "3", "--estimator", "dreg",
+                     "--out", str(run)]) == 0
+    capsys.readouterr()
+    seen = []
+    real = VAE.loss
+    monkeypatch.setattr(VAE, "loss", lambda self, *a, **k: seen.append(
+        (k.get("objective"), k.get("estimator", "standard"), k["eps"].shape[0])) or real(self, *a, **k))
+    assert cli.main(["gradcheck", str(run), "--batch-size", "2", "--mode", "directional"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("gradcheck PASSED") and "trained with DReG" in err
+    assert set(seen) == {("iwae", "standard", 3)}
+    seen.clear()
+    assert cli.main(["gradcheck", *SMALL_MODEL, "--objective", "iwae", "--n-samples", "4"]) == 0
+    assert set(seen) == {("iwae", "standard", 4)}

@@ -428,3 +428,20 @@ def test_make_all_needs_labels_for_a_conditional_model(tmp_path, data):
     with pytest.raises(ValueError, match="test_y is None but the model is conditional"):
         pictures.make_all(make_model(2, N_CLASSES), data[0], None, IMAGE_SHAPE, tmp_path,
                           np.random.default_rng(0))
+
+
+def test_a_wide_latent_traversal_draws_the_dimensions_with_the_largest_kl(tmp_path, data, monkeypatch):
+    """50 dimensions would make 50 unreadable rows: the MAX_TRAVERSAL_ROWS with the largest KL
+    are drawn, each row moving its own coordinate."""
+    x, _ = data
+    model = VAE(X_DIM, 50, (16,), dtype="float64", rng=np.random.default_rng(3))
+    kl = np.arange(50.0)[::-1] % 7  # ties broken by index
+    decoded = []
+    real = model.decode
+    monkeypatch.setattr(model, "decode", lambda z, y=None: decoded.append(z.copy()) or real(z, y))
+    assert_png(pictures.latent_traversal(model, x[0], IMAGE_SHAPE, tmp_path / "t.png", kl=kl))
+    z = decoded[0].reshape(pictures.MAX_TRAVERSAL_ROWS, 9, 50)
+    mu = model.encode(x[:1])[0][0]
+    moved = [int(np.flatnonzero(np.any(row != mu, axis=0))[0]) for row in z]
+    want = sorted(np.argsort(-kl, kind="stable")[:pictures.MAX_TRAVERSAL_ROWS])
+    assert moved == want and len(moved) == 16

@@ -625,6 +625,8 @@ def test_the_blas_runs_one_thread_for_a_small_model_and_all_for_a_large_one():
     assert train_mod.largest_gemm_macs(small, train_mod.build_model(small, 64, 10)) == 64 * 16 * 64
     big_model = train_mod.build_model(large, 784, 10)
     assert train_mod.largest_gemm_macs(large, big_model) == 128 * 400 * 784
+    many = TrainConfig(**TINY | {"n_samples": 50})  # the decoder sees 50 x 64 rows
+    assert train_mod.largest_gemm_macs(many, train_mod.build_model(many, 64, 10)) == 50 * 64 * 16 * 64
     before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
     with train_mod._blas_threads_for(small, train_mod.build_model(small, 64, 10)):
         assert {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"} == {1}
@@ -728,6 +730,7 @@ def test_the_loop_steps_at_each_epochs_scheduled_rate_and_adams_eps(tmp_path, mo
     train(cfg, tmp_path / "r", progress=False, log=_quiet, report=_quiet)
     assert made[0]["eps"] == 1e-4
     assert {e: lr for e, lr in rates} == {e: cfg.lr * 10 ** (-e / 7) for e in range(4)}
+    assert [r["lr"] for r in _metrics(tmp_path / "r")] == [cfg.lr * 10 ** (-e / 7) for e in range(4)]
 
 
 @pytest.mark.parametrize("estimator", ["standard", "dreg"])
