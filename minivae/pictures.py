@@ -53,6 +53,10 @@ FIGURE_LONG_SIDE_IN = 8.0
 FIGURE_MIN_WIDTH_IN = 4.0
 # Height of one line of title or label text at matplotlib's default 10-12 pt, and the padding.
 TEXT_LINE_IN = 0.3
+# Width of one character of a title (12 pt) and of a tick label (10 pt), about, in inches: a figure
+# is made wide enough for its longest title line and its row labels.
+TITLE_CHAR_IN = 0.1
+LABEL_CHAR_IN = 0.09
 MARGIN_IN = 0.2
 DPI = 100
 # Latent traversal: at most this many dimensions, one row each (a 50-dimensional model's rows
@@ -173,11 +177,13 @@ def _display_scale(image_shape: tuple[int, int]) -> int:
     return max(1, math.ceil(MIN_TILE_PX / max(image_shape)))
 
 
-def _figure(width_px: int, height_px: int, text_lines: int) -> Figure:
+def _figure(width_px: int, height_px: int, text_lines: int, label_width_in: float = 0.0,
+            min_width_in: float = FIGURE_MIN_WIDTH_IN) -> Figure:
     """A constrained-layout figure whose aspect follows a (width_px x height_px) picture, with
-    room above and below it for ``text_lines`` lines of titles and labels."""
+    room above and below it for ``text_lines`` lines of titles and labels, ``label_width_in``
+    inches beside it for row labels, and at least ``min_width_in`` wide."""
     scale = FIGURE_LONG_SIDE_IN / max(width_px, height_px)
-    width = max(FIGURE_MIN_WIDTH_IN, width_px * scale)
+    width = max(min_width_in, width_px * scale + label_width_in)
     height = height_px * scale + TEXT_LINE_IN * text_lines + MARGIN_IN
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -193,9 +199,13 @@ def _show(ax: Axes, grid: np.ndarray, title: str) -> None:
     ax.set_title(title)
 
 
-def _grid_figure(grid: np.ndarray, title: str, label_lines: int = 0) -> tuple[Figure, Axes]:
-    """One tiled grid under its title; ``label_lines`` reserves room for an x-axis label."""
-    fig = _figure(grid.shape[1], grid.shape[0], title.count("\n") + 1 + label_lines)
+def _grid_figure(grid: np.ndarray, title: str, label_lines: int = 0,
+                 label_width_in: float = 0.0) -> tuple[Figure, Axes]:
+    """One tiled grid under its title; ``label_lines`` reserves room for an x-axis label,
+    ``label_width_in`` for row labels."""
+    longest = max(len(line) for line in title.splitlines())
+    fig = _figure(grid.shape[1], grid.shape[0], title.count("\n") + 1 + label_lines,
+                  label_width_in, max(FIGURE_MIN_WIDTH_IN, TITLE_CHAR_IN * longest))
     ax = fig.subplots()
     _show(ax, grid, title)
     return fig, ax
@@ -220,7 +230,9 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+        # tight: the canvas grows to hold every label and title the layout left outside it
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI,
+                                                         bbox_inches="tight"))
     except OSError as e:
         if e.errno is None:  # a library's own message without errno: keep its text, name the file
             raise OSError(f"{e} (writing {path})") from None
@@ -374,10 +386,13 @@ def latent_traversal(model: VAE, x, image_shape: Sequence[int] | None, path: str
     if active is not None:
         rows = [name if a else f"{name}  inactive" for name, a in zip(rows, active[dims], strict=True)]
         title += f"\n{int(active.sum())} of {d} units active (Var_x E_q[z_u|x] > 0.01)"
-    fig, ax = _grid_figure(grid, title, label_lines=1)
+    # room for the row labels ("z12  KL 0.01  inactive": ~0.08 in a character at 10 pt)
+    fig, ax = _grid_figure(grid, title, label_lines=1,
+                           label_width_in=LABEL_CHAR_IN * max(len(name) for name in rows))
     scale = _display_scale((h, w))
     _label_rows(ax, rows, h * scale)
-    _label_columns(ax, [f"{v:+g}" for v in values], w * scale)
+    _label_columns(ax, [f"{v:+.3g}" for v in values], w * scale)
+    ax.tick_params(axis="x", labelsize="small")
     ax.set_xlabel("v (prior standard deviations)")
     return _save(fig, path)
 
