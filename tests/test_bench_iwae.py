@@ -30,7 +30,7 @@ def test_a_tiny_run_trains_every_row_and_checks_the_ordering():
     ([("vae", 23.0, 12), ("iwae", 24.0, 10)], False, False),
 ])
 def test_the_ordering_is_read_from_the_rows(rows, lower, not_fewer):
-    rs = [{"model": m, "k": 5, "test_nll": nll, "active_units": au} for m, nll, au in rows]
+    rs = [{"model": m, "k": 5, "seed": 0, "test_nll": nll, "active_units": au} for m, nll, au in rows]
     o = iwae.ordering(rs, (1, 5))["5"]
     assert (o["iwae_nll_lower"], o["iwae_active_units_not_fewer"]) == (lower, not_fewer)
 
