@@ -31,8 +31,6 @@ from minivae.kernels import _cuda
 
 pytest.importorskip("numba", reason="the Numba CUDA launchers need numba (the `numba` extra)")
 
-from minivae.kernels import numba_cuda as nbc  # noqa: E402
-
 KERNELS = _cuda.KERNELS_DIR
 LAUNCHER_FILES = sorted(p for p in KERNELS.rglob("*.py") if p.parent != KERNELS)
 PRODUCTION_SOURCES = sorted(p for p in KERNELS.glob("*/*.cu") if p.parent.name != "common")
@@ -92,6 +90,10 @@ def recorded(monkeypatch):
 
     def launch(kernel, grid, block, *args):
         launches.append(("numba", the_site("numba", sys._getframe(1)), None, kernel, args))
+
+    # imported here, not at the top: importing numba.cuda while the tests are collected would fix
+    # its target before tests/test_kernels_numba_cuda.py selects the simulator
+    from minivae.kernels import numba_cuda as nbc
 
     monkeypatch.setattr(_cuda, "load", lambda path, backend="emulate": Recorder(path))
     monkeypatch.setattr(nbc, "launch", launch)

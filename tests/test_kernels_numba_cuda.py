@@ -68,8 +68,11 @@ from minivae.layers import ACTIVATIONS, linear_forward  # noqa: E402
 from minivae.optim import Adam, AdamW  # noqa: E402
 
 if not (nbc.SIMULATED or nbc.gpu_available()):
-    pytest.skip("numba.cuda was imported for the real target before this module and there is no GPU: "
-                "run with NUMBA_ENABLE_CUDASIM=1 or on its own", allow_module_level=True)
+    # a failure, not a skip: another test module imported numba.cuda while the tests were collected
+    # (import it inside the test instead), and a skip here would hide every Numba CUDA test
+    pytest.fail("numba.cuda was imported for the real target before this module and there is no GPU: "
+                "a module collected earlier imports numba.cuda at its top (move that import into its "
+                "tests), or run with NUMBA_ENABLE_CUDASIM=1", pytrace=False)
 try:
     BACKEND = get_backend("numba-cuda")
 except BackendUnavailable as e:  # a GPU without CuPy
