@@ -235,13 +235,8 @@ class VAE:
         if check:
             x = self._dev(self._check_x(x))
         n, d = x.shape[0], self.z_dim
-        if objective == "iwae":
-            if eps is None:  # the bound needs eps itself (log q), so a Stream's noise is drawn here
-                rng = _generator("rng", rng, "or a minivae.philox.Stream") \
-                    if not isinstance(rng, philox.Stream) else rng
-                eps = self.draw_eps(n, rng, _checks.positive_int("n_samples", n_samples))
-                check = False
-            eps, _, _ = self._noise(n, eps, rng, n_samples, check)
+        if objective == "iwae":  # the bound needs eps itself (log q): a Stream's noise is drawn too
+            eps, _, _ = self._noise(n, eps, rng, n_samples, check, need_eps=True)
             return self._iwae_loss(x, self.one_hot(y, n), eps, estimator, reduction)
         eps, key, n_samples = self._noise(n, eps, rng, n_samples, check)
         y1 = self.one_hot(y, n)
@@ -337,11 +332,12 @@ class VAE:
         logp, cache = self.likelihood.forward(x, out)
         return logp, lambda g: self.likelihood.backward(g.astype(out.dtype, copy=False), cache)
 
-    def _noise(self, n: int, eps, rng, n_samples: int, check: bool):
+    def _noise(self, n: int, eps, rng, n_samples: int, check: bool, need_eps: bool = False):
         """The loss's noise as (eps, key, L): eps given, or drawn from a numpy Generator, is moved to
         the device (key None); a ``philox.Stream`` hands out its next L N d elements as ``key =
         (seed, offset)`` (eps None), which the backend's latent op draws (and a GPU kernel
-        regenerates in the backward)."""
+        regenerates in the backward), or, with ``need_eps``, as those elements themselves (the
+        same noise, drawn on the host)."""
         if eps is not None:
             if check:
                 eps = _checks.finite_array("eps", eps, dtype=self.dtype, ndim=3)
@@ -351,9 +347,10 @@ class VAE:
         if rng is None:
             raise ValueError("give eps or rng: every random draw comes from an explicit generator")
         n_samples = _checks.positive_int("n_samples", n_samples)
-        if isinstance(rng, philox.Stream):
+        if isinstance(rng, philox.Stream) and not need_eps:
             return None, rng.take(n_samples * n * self.z_dim), n_samples
-        _generator("rng", rng, "or a minivae.philox.Stream")
+        if not isinstance(rng, philox.Stream):
+            _generator("rng", rng, "or a minivae.philox.Stream")
         return self._dev(self.draw_eps(n, rng, n_samples)), None, n_samples
 
     def _score(self, x, out, dlogp: float):
