@@ -12,7 +12,7 @@ into a share of the ceiling measured in the same run: the float32 matmul peak of
 On the CPU the ``numpy`` backend *is* the vendor-library way (BLAS GEMM, then separate NumPy passes
 for bias and activation), so the value of fusion is the ratio beside it. On a GPU the same NumPy
 reference functions run on CuPy arrays (cuBLAS, then separate elementwise kernels) as the
-``cupy-vendor`` row, and the CUDA C linear op's ladder (linear.cu's rungs 1-4 forward, 1 and 4
+``cupy-vendor`` row, and the CUDA C linear op's ladder (kernels/linear/cuda_c.cu's rungs 1-4 forward, 1 and 4
 backward) has rows of its own beside the production rung.
 
 GPU rows are timed by ``bench/gpu_timing.py``: many back-to-back calls between one pair of CUDA
@@ -88,7 +88,7 @@ def linear_cases(sizes) -> list[Case]:
 
 
 def ladder_cases(sizes) -> list[Case]:
-    """The CUDA C linear op rung by rung (kernels/linear/linear.cu; rung 4 is what the ``cupy``
+    """The CUDA C linear op rung by rung (kernels/linear/cuda_c.cu; rung 4 is what the ``cupy``
     backend runs), on the ``cupy`` backend only: each rung's GFLOP/s beside the one below it. The
     reference is the numpy backend's op, as for every case."""
     from minivae.kernels.linear import cuda_c

@@ -2,7 +2,7 @@
 
 Each CUDA C kernel (every ``extern "C" __global__`` kernel of ``kernels/*/*.cu``: every rung of the
 linear ladder, the latent, Bernoulli, importance-weight and Adam kernels) through its launcher on
-the ``cupy`` path, and each Numba CUDA kernel launch (``kernels/*/nb_cuda.py``), on one small case
+the ``cupy`` path, and each Numba CUDA kernel launch (``kernels/*/numba_cuda.py``), on one small case
 whose sizes are multiples of no tile or block (33 examples, 70 inputs, 17 outputs, 5 latent
 dimensions, 2 samples, 3 importance samples). One JSON line per kernel: ``ok``, ``error`` (the
 worst |kernel - reference| in units of its bound; at most 1 passes), the seconds its case took
@@ -12,7 +12,7 @@ reference computed from the same float32 inputs, each within a bound derived fro
 float32 rounding passes.
 
 Where the kernels run: on the GPU (default; exit status 3 and one line saying why when CuPy sees
-none); or, with ``--cpu``, the CUDA C kernels on the CPU emulator (``kernels/_emulate.py``) and the
+none); or, with ``--cpu``, the CUDA C kernels on the CPU emulator (``kernels/emulate.py``) and the
 Numba CUDA kernels in Numba's simulator (``NUMBA_ENABLE_CUDASIM=1`` must be in the environment
 before numba is imported): the same cases, which is how CI and a dry run of ``bench/gpu_check.sh``
 check this code without a GPU. ``tests/test_cuda_launch_sites.py`` also runs these cases to check
@@ -151,11 +151,11 @@ def _to(where: str, a: np.ndarray) -> Any:
 
 
 def cuda_c_cases() -> list[Case]:
-    from minivae.kernels.iwae import cuda_c as iwae
+    from minivae.kernels.adam import cuda_c as optim
+    from minivae.kernels.bernoulli import cuda_c as likelihood
+    from minivae.kernels.importance_weights import cuda_c as iwae
     from minivae.kernels.latent import cuda_c as latent
-    from minivae.kernels.likelihood import cuda_c as likelihood
     from minivae.kernels.linear import cuda_c as linear
-    from minivae.kernels.optim import cuda_c as optim
 
     d = data()
     cases = []
@@ -223,12 +223,12 @@ def cuda_c_cases() -> list[Case]:
 # ---- Numba CUDA ----------------------------------------------------------------------------------
 
 def numba_cuda_cases() -> list[Case]:
-    from minivae.kernels import numba_cuda as nbc
-    from minivae.kernels.iwae import nb_cuda as iwae
-    from minivae.kernels.latent import nb_cuda as latent
-    from minivae.kernels.likelihood import nb_cuda as likelihood
-    from minivae.kernels.linear import nb_cuda as linear
-    from minivae.kernels.optim import nb_cuda as optim
+    from minivae.kernels.adam import numba_cuda as optim
+    from minivae.kernels.bernoulli import numba_cuda as likelihood
+    from minivae.kernels.importance_weights import numba_cuda as iwae
+    from minivae.kernels.latent import numba_cuda as latent
+    from minivae.kernels.linear import numba_cuda as linear
+    from minivae.kernels.wiring import numba_cuda as nbc
 
     d = data()
 
@@ -238,53 +238,57 @@ def numba_cuda_cases() -> list[Case]:
     def linear_forward(_):
         ref = linear_reference(d)
         y = linear.forward(dev(d["x"]), dev(d["W"]), dev(d["b"]), ACT)
-        return [Check("linear/nb_cuda.py forward", y, ref["y"], ref["y_scale"], ref["y_tol"])]
+        return [Check("linear/numba_cuda.py forward", y, ref["y"], ref["y_scale"], ref["y_tol"])]
 
     def linear_backward(_):
         ref = linear_reference(d)
         dx, dW, db = linear.backward(dev(d["dy"]), dev(d["x"]), dev(d["W"]), dev(ref["y32"]), ACT)
-        return [Check("linear/nb_cuda.py backward (dx)", dx, ref["dx"], ref["dx_scale"], ref["dx_tol"]),
-                Check("linear/nb_cuda.py backward (dW, db)", dW, ref["dW"], ref["dW_scale"], ref["dW_tol"]),
-                Check("linear/nb_cuda.py backward (dW, db)", db, ref["db"], ref["db_scale"], ref["dW_tol"])]
+        return [Check("linear/numba_cuda.py backward (dx)", dx, ref["dx"], ref["dx_scale"], ref["dx_tol"]),
+                Check("linear/numba_cuda.py backward (dW, db)", dW, ref["dW"], ref["dW_scale"],
+                      ref["dW_tol"]),
+                Check("linear/numba_cuda.py backward (dW, db)", db, ref["db"], ref["db_scale"],
+                      ref["dW_tol"])]
 
     def latent_forward(_):
         ref = latent_reference(d)
         z, kl = latent.forward(dev(d["h"]), SAMPLES, key=KEY)
-        return [Check("latent/nb_cuda.py forward", z, ref["z"], ref["z_scale"], 1e-5),
-                Check("latent/nb_cuda.py forward", kl, ref["kl"], ref["kl_scale"], 1e-5)]
+        return [Check("latent/numba_cuda.py forward", z, ref["z"], ref["z_scale"], 1e-5),
+                Check("latent/numba_cuda.py forward", kl, ref["kl"], ref["kl_scale"], 1e-5)]
 
     def latent_backward(_):
         ref = latent_reference(d)
         dh = latent.backward(dev(d["dz"]), dev(d["h"]), KL_WEIGHT, key=KEY)
-        return [Check("latent/nb_cuda.py backward", dh, ref["dh"], ref["dh_scale"], 1e-5)]
+        return [Check("latent/numba_cuda.py backward", dh, ref["dh"], ref["dh_scale"], 1e-5)]
 
     def bernoulli(_):
         ref = bernoulli_reference(d)
         logp, dlogits = likelihood.bernoulli(dev(d["pixels"]), dev(d["logits"]), DLOGP)
-        return [Check("likelihood/nb_cuda.py bernoulli", logp, ref["logp"], ref["logp_scale"], 1e-5),
-                Check("likelihood/nb_cuda.py bernoulli", dlogits, ref["dlogits"], abs(DLOGP), 2e-5)]
+        return [Check("bernoulli/numba_cuda.py bernoulli", logp, ref["logp"], ref["logp_scale"], 1e-5),
+                Check("bernoulli/numba_cuda.py bernoulli", dlogits, ref["dlogits"], abs(DLOGP), 2e-5)]
 
     def importance_weights(_):
         ref = iwae_reference(d)
         bound, w = iwae.importance_weights(dev(d["log_w"]))
-        return [Check("iwae/nb_cuda.py importance_weights", bound, ref["bound"], ref["bound_scale"], 1e-5),
-                Check("iwae/nb_cuda.py importance_weights", w, ref["w"], 1.0, 1e-5)]
+        return [Check("importance_weights/numba_cuda.py importance_weights", bound, ref["bound"],
+                      ref["bound_scale"], 1e-5),
+                Check("importance_weights/numba_cuda.py importance_weights", w, ref["w"], 1.0, 1e-5)]
 
     def adam(_):
         want = adam_reference(d)
         p, g, m, v = dev(d["p"]), dev(d["g"]), dev(np.zeros_like(d["p"])), dev(np.zeros_like(d["p"]))
         optim.adam_step(p, g, m, v, step=1, **ADAM)
-        return [Check("optim/nb_cuda.py adam_step", p, want, np.abs(f64(d["p"])) + ADAM["lr"], 1e-5)]
+        return [Check("adam/numba_cuda.py adam_step", p, want, np.abs(f64(d["p"])) + ADAM["lr"], 1e-5)]
 
-    return [Case("numba-cuda", "linear forward", ("linear/nb_cuda.py forward",), linear_forward),
+    return [Case("numba-cuda", "linear forward", ("linear/numba_cuda.py forward",), linear_forward),
             Case("numba-cuda", "linear backward",
-                 ("linear/nb_cuda.py backward (dx)", "linear/nb_cuda.py backward (dW, db)"), linear_backward),
-            Case("numba-cuda", "latent forward", ("latent/nb_cuda.py forward",), latent_forward),
-            Case("numba-cuda", "latent backward", ("latent/nb_cuda.py backward",), latent_backward),
-            Case("numba-cuda", "bernoulli", ("likelihood/nb_cuda.py bernoulli",), bernoulli),
-            Case("numba-cuda", "importance weights", ("iwae/nb_cuda.py importance_weights",),
+                 ("linear/numba_cuda.py backward (dx)", "linear/numba_cuda.py backward (dW, db)"),
+                 linear_backward),
+            Case("numba-cuda", "latent forward", ("latent/numba_cuda.py forward",), latent_forward),
+            Case("numba-cuda", "latent backward", ("latent/numba_cuda.py backward",), latent_backward),
+            Case("numba-cuda", "bernoulli", ("bernoulli/numba_cuda.py bernoulli",), bernoulli),
+            Case("numba-cuda", "importance weights", ("importance_weights/numba_cuda.py importance_weights",),
                  importance_weights),
-            Case("numba-cuda", "adam", ("optim/nb_cuda.py adam_step",), adam)]
+            Case("numba-cuda", "adam", ("adam/numba_cuda.py adam_step",), adam)]
 
 
 # ---- running them ----------------------------------------------------------------------------------
@@ -316,7 +320,7 @@ def main(cpu: bool, out_path: str | None = None) -> int:
     if cpu:
         where, devices = "emulate", {"cuda-c": "cpu (CUDA C emulator)", "numba-cuda": "cpu (Numba simulator)"}
     else:
-        from minivae.kernels.cupy_backend import _cupy_with_a_gpu
+        from minivae.kernels.wiring.cupy_backend import _cupy_with_a_gpu
 
         try:
             cupy = _cupy_with_a_gpu()
@@ -350,7 +354,7 @@ def numba_cases_for(cpu: bool) -> list[Case]:
     GPU without); else one case that fails saying why."""
     try:
         cases = numba_cuda_cases()
-        from minivae.kernels import numba_cuda as nbc
+        from minivae.kernels.wiring import numba_cuda as nbc
 
         if nbc.SIMULATED != cpu:
             raise RuntimeError(f"numba.cuda is {'the simulator' if nbc.SIMULATED else 'the real target'}, "

@@ -269,7 +269,7 @@ def same_threads() -> dict:
         # first: starting Numba's pool (set_num_threads does) fixes its threading layer for good
         import numba
 
-        from minivae.kernels.common import numba_threads  # noqa: F401
+        from minivae.kernels.wiring import numba_threads  # noqa: F401
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         out["numba_threads"] = numba.get_num_threads()

@@ -86,15 +86,15 @@ class BackendUnavailable(ValueError):
 
 def _load(name: str) -> Backend:
     if name == "numba":
-        from minivae.kernels import numba_cpu
+        from minivae.kernels.wiring import numba_cpu
 
         return numba_cpu.backend()
     if name == "cupy":
-        from minivae.kernels import cupy_backend
+        from minivae.kernels.wiring import cupy_backend
 
         return cupy_backend.backend()
     if name == "numba-cuda":
-        from minivae.kernels import numba_cuda
+        from minivae.kernels.wiring import numba_cuda
 
         return numba_cuda.backend()
     raise AssertionError(name)

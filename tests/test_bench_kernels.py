@@ -8,7 +8,7 @@ import pytest
 
 from bench import kernels
 from minivae.backends import NUMPY, Backend
-from minivae.kernels import _emulate
+from minivae.kernels.wiring import emulate
 
 
 @pytest.fixture
@@ -225,7 +225,7 @@ def test_an_unavailable_backend_is_skipped_naming_why(small_cases, no_cupy):
     assert logged[0] == f"skipped: {res['unavailable']['cupy']}"
 
 
-@pytest.mark.skipif(_emulate.compiler() is None, reason="the CUDA emulator needs a C++20 compiler")
+@pytest.mark.skipif(emulate.compiler() is None, reason="the CUDA emulator needs a C++20 compiler")
 def test_the_ladder_rows_run_every_rung_against_the_reference(monkeypatch):
     """The CUDA C ladder's cases, on a stand-in ``cupy`` backend whose arrays are NumPy's (so the
     kernels run on the CPU emulator): every rung validated against the numpy backend's op."""

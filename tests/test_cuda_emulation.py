@@ -1,4 +1,4 @@
-"""The CPU emulation of CUDA C (kernels/common/cuda_emu.h, kernels/_emulate.py) and the toolchain.
+"""The CPU emulation of CUDA C (kernels/wiring/cuda_emu.h, kernels/emulate.py) and the toolchain.
 
 What these tests prove:
 
@@ -27,21 +27,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minivae.kernels import _cuda, _emulate
+from minivae.kernels.wiring import cuda_load, emulate
 
 pytestmark = pytest.mark.skipif(
-    _emulate.compiler() is None,
-    reason=f"the CUDA emulator needs a C++20 compiler ({_emulate.CXX} not on PATH)")
+    emulate.compiler() is None,
+    reason=f"the CUDA emulator needs a C++20 compiler ({emulate.CXX} not on PATH)")
 
-SELFTEST = _cuda.COMMON_DIR / "emu_selftest.cu"
-KERNEL_SOURCES = sorted(p for p in _cuda.KERNELS_DIR.glob("*/*.cu") if p != SELFTEST)  # the op kernels
+SELFTEST = cuda_load.KERNELS_DIR / "wiring" / "emu_selftest.cu"
+KERNEL_SOURCES = sorted(p for p in cuda_load.KERNELS_DIR.glob("*/*.cu") if p != SELFTEST)  # the op kernels
 WIDTHS = (1, 2, 4, 8, 16, 32)
 SHUFFLES = ("idx", "up", "down", "xor")  # warp_op's op 0..3
 
 
 @pytest.fixture(scope="module")
 def selftest():
-    return _cuda.load(SELFTEST)
+    return cuda_load.load(SELFTEST)
 
 
 # ---- barriers and shared memory -----------------------------------------------------------------
@@ -145,13 +145,13 @@ def test_a_warp_intrinsic_in_an_incomplete_warp_is_reported(selftest):
 def test_a_partial_mask_is_reported():
     source = "extern \"C\" __global__ void half_warp(int* out) {\n" \
              "    out[threadIdx.x] = __shfl_sync(0x0000ffffu, (int)threadIdx.x, 0);\n}\n"
-    module = _emulate.EmulatedModule(_write_tmp_source("half_warp.cu", source))
+    module = emulate.EmulatedModule(_write_tmp_source("half_warp.cu", source))
     with pytest.raises(RuntimeError, match="partial mask"):
         module.get_function("half_warp")((1, 1, 1), (32, 1, 1), (np.zeros(32, np.int32),))
 
 
 def _write_tmp_source(name: str, text: str):
-    path = _emulate.cache_dir() / "sources" / name
+    path = emulate.cache_dir() / "sources" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -176,7 +176,7 @@ def test_out_of_range_launch_configurations_are_refused(selftest, grid, block, w
 # ---- argument checks ------------------------------------------------------------------------------
 
 def test_signatures_are_parsed_from_the_source():
-    sig = _cuda.kernel_signatures(SELFTEST.read_text())["block_reverse"]
+    sig = cuda_load.kernel_signatures(SELFTEST.read_text())["block_reverse"]
     assert [(p.name, p.dtype, p.pointer, p.const) for p in sig] == [
         ("x", np.float32, True, True), ("y", np.float32, True, False), ("n", np.int32, False, False)]
 
@@ -203,12 +203,13 @@ def test_read_only_output_is_refused(selftest):
 
 def test_kernel_sources_hold_no_emulator_specific_code():
     """CuPy and nvcc compile the very same files: plain CUDA C, kernels declared extern "C"."""
-    for path in [*KERNEL_SOURCES, SELFTEST, *_cuda.COMMON_DIR.glob("*.cuh")]:
+    for path in [*KERNEL_SOURCES, SELFTEST, *cuda_load.COMMON_DIR.glob("*.cuh")]:
         text = path.read_text()
         # emu:: is the emulator's namespace; NVRTC (CuPy) has no C++ standard library headers.
         assert "emu::" not in text and "#include <" not in text, path
     for path in KERNEL_SOURCES:
-        assert _cuda.kernel_signatures(path.read_text()), f"{path} declares no extern \"C\" __global__ kernel"
+        assert cuda_load.kernel_signatures(path.read_text()), \
+            f"{path} declares no extern \"C\" __global__ kernel"
 
 
 # ---- sanitizers -----------------------------------------------------------------------------------
@@ -250,8 +251,8 @@ int main() {
     return status;
 }
 """
-REAL_KERNELS = [_cuda.KERNELS_DIR / p
-                for p in ("latent/latent.cu", "likelihood/bernoulli.cu", "optim/adam.cu")]
+REAL_KERNELS = [cuda_load.KERNELS_DIR / p
+                for p in ("latent/cuda_c.cu", "bernoulli/cuda_c.cu", "adam/cuda_c.cu")]
 SANITIZER_ENV = {
     "TSAN_OPTIONS": "halt_on_error=0 exitcode=66",
     "ASAN_OPTIONS": "detect_leaks=0",  # LeakSanitizer needs ptrace rights some CI containers lack
@@ -259,10 +260,10 @@ SANITIZER_ENV = {
 
 
 def run_sanitized(sources, main, sanitize, defines=()):
-    reason = _emulate.sanitizer_works(sanitize)
+    reason = emulate.sanitizer_works(sanitize)
     if reason:
         pytest.skip(reason)
-    exe = _emulate.build_executable(sources, main, sanitize, defines)
+    exe = emulate.build_executable(sources, main, sanitize, defines)
     done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **SANITIZER_ENV})
     return done.returncode, done.stderr
@@ -298,11 +299,12 @@ PTXAS_USED = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'.*?"
 def test_every_cu_compiles_with_nvcc_without_spills(arch, tmp_path):
     """ptxas -v per kernel: registers and spills (the numbers the README's kernel table quotes)."""
     for source in [*KERNEL_SOURCES, SELFTEST]:
-        done = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", f"-I{_cuda.COMMON_DIR}",
+        done = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v",
+                               f"-I{cuda_load.COMMON_DIR}",
                                "-o", str(tmp_path / "k.cubin"), str(source)], capture_output=True, text=True)
         assert done.returncode == 0, f"{source}:\n{done.stderr}"
         found = {m[0]: m for m in PTXAS_USED.findall(done.stdout + done.stderr)}
-        assert set(found) == set(_cuda.kernel_signatures(source.read_text())), done.stderr
+        assert set(found) == set(cuda_load.kernel_signatures(source.read_text())), done.stderr
         for name, (_, got_arch, spill_stores, spill_loads, registers) in found.items():
             assert got_arch == arch
             assert int(spill_stores) == int(spill_loads) == 0, f"{name} spills on {arch}"

@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 
 from bench import smoke
-from minivae.kernels import _cuda
+from minivae.kernels.wiring import cuda_load
 
 pytest.importorskip("numba", reason="the Numba CUDA launchers need numba (the `numba` extra)")
 
-KERNELS = _cuda.KERNELS_DIR
-LAUNCHER_FILES = sorted(p for p in KERNELS.rglob("*.py") if p.parent != KERNELS)
-PRODUCTION_SOURCES = sorted(p for p in KERNELS.glob("*/*.cu") if p.parent.name != "common")
+KERNELS = cuda_load.KERNELS_DIR
+LAUNCHER_FILES = sorted(p for p in KERNELS.rglob("*.py") if p.parent not in (KERNELS, KERNELS / "wiring"))
+PRODUCTION_SOURCES = sorted(p for p in KERNELS.glob("*/*.cu") if p.parent.name not in ("common", "wiring"))
 
 
 def launch_sites(path: Path) -> dict[str, list[tuple[int, int]]]:
@@ -80,7 +80,7 @@ def recorded(monkeypatch):
     class Recorder:
         def __init__(self, path):
             self.path = Path(path).resolve()
-            self.signatures = _cuda.kernel_signatures(self.path.read_text())
+            self.signatures = cuda_load.kernel_signatures(self.path.read_text())
 
         def get_function(self, name):
             def kernel(grid, block, args):
@@ -93,9 +93,9 @@ def recorded(monkeypatch):
 
     # imported here, not at the top: importing numba.cuda while the tests are collected would fix
     # its target before tests/test_kernels_numba_cuda.py selects the simulator
-    from minivae.kernels import numba_cuda as nbc
+    from minivae.kernels.wiring import numba_cuda as nbc
 
-    monkeypatch.setattr(_cuda, "load", lambda path, backend="emulate": Recorder(path))
+    monkeypatch.setattr(cuda_load, "load", lambda path, backend="emulate": Recorder(path))
     monkeypatch.setattr(nbc, "launch", launch)
     monkeypatch.setattr(nbc, "array_module", lambda: np)  # GPU or simulator alike: host arrays here
     for case in smoke.cuda_c_cases() + smoke.numba_cuda_cases():
@@ -106,9 +106,9 @@ def recorded(monkeypatch):
 def test_the_source_scan_finds_the_launch_sites():
     cupy_files = {f for kind, f, _ in SITES if kind == "cupy"}
     numba_files = {f for kind, f, _ in SITES if kind == "numba"}
-    rooms = ("linear", "latent", "likelihood", "optim")
+    rooms = ("linear", "latent", "bernoulli", "adam", "importance_weights")
     assert {f"{r}/cuda_c.py" for r in rooms} <= cupy_files
-    assert {f"{r}/nb_cuda.py" for r in rooms} <= numba_files
+    assert {f"{r}/numba_cuda.py" for r in rooms} <= numba_files
     kinds = [kind for kind, _, _ in SITES]
     assert kinds.count("cupy") >= 7 and kinds.count("numba") >= 7
 
@@ -119,7 +119,7 @@ def test_every_launch_site_and_every_kernel_is_reached(recorded):
                if (kind, f, (first, _)) not in reached]
     assert not missing, f"not reached by bench/smoke.py's cases (add a case): {missing}"
     kernels = {(path.name, name) for kind, _, path, name, _ in recorded if kind == "cupy"}
-    every = {(p.name, k) for p in PRODUCTION_SOURCES for k in _cuda.kernel_signatures(p.read_text())}
+    every = {(p.name, k) for p in PRODUCTION_SOURCES for k in cuda_load.kernel_signatures(p.read_text())}
     assert every - kernels == set(), f"CUDA C kernels no smoke case launches: {sorted(every - kernels)}"
 
 
@@ -143,12 +143,12 @@ def test_every_cupy_launch_matches_the_kernels_c_signature(recorded):
     for kind, (_, f, (first, _)), path, name, args in recorded:
         if kind == "cupy":
             wrong += [f"kernels/{f}:{first}: {w}" for w in
-                      check_c_arguments(name, _cuda.kernel_signatures(path.read_text())[name], args)]
+                      check_c_arguments(name, cuda_load.kernel_signatures(path.read_text())[name], args)]
     assert not wrong, "\n".join(wrong)
 
 
 def test_the_c_argument_check_catches_a_python_number_and_a_wrong_dtype():
-    params = _cuda.kernel_signatures(
+    params = cuda_load.kernel_signatures(
         'extern "C" __global__ void k(const float* __restrict__ x, float* y, int n, float s) {}')["k"]
     x, y = np.zeros(3, np.float32), np.zeros(3, np.float32)
     assert check_c_arguments("k", params, (x, y, np.int32(3), np.float32(1))) == []

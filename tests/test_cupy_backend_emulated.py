@@ -1,4 +1,4 @@
-"""The ``cupy`` backend's glue (kernels/cupy_backend.py), run on the CPU: NumPy stands in for CuPy
+"""The ``cupy`` backend's glue (kernels/wiring/cupy_backend.py), run on the CPU: NumPy stands in for CuPy
 and the CUDA C kernels run on the emulator, so the table's wiring (which launcher gets which array,
 views instead of copies, the eps-given path, Adam through the optimiser's hook) is checked on every
 commit, not only on a GPU. The stand-in is NumPy itself under CuPy's name; nothing here shows that
@@ -15,12 +15,12 @@ import pytest
 
 from minivae import philox
 from minivae.backends import NUMPY
-from minivae.kernels import _cuda, _emulate
+from minivae.kernels.wiring import cuda_load, emulate
 from minivae.model import VAE
 from minivae.optim import Adam
 
-pytestmark = [pytest.mark.skipif(_emulate.compiler() is None, reason="the CUDA emulator needs a C++20 "
-                                 f"compiler ({_emulate.CXX} not on PATH)"), pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.skipif(emulate.compiler() is None, reason="the CUDA emulator needs a C++20 "
+                                 f"compiler ({emulate.CXX} not on PATH)"), pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def emulated_cupy(monkeypatch):
     fake.get_array_module = lambda *arrays: np
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    load = _cuda.load
-    monkeypatch.setattr(_cuda, "array_module", lambda backend: np)
-    monkeypatch.setattr(_cuda, "load", lambda source, backend: load(source, "emulate"))
-    from minivae.kernels import cupy_backend
+    load = cuda_load.load
+    monkeypatch.setattr(cuda_load, "array_module", lambda backend: np)
+    monkeypatch.setattr(cuda_load, "load", lambda source, backend: load(source, "emulate"))
+    from minivae.kernels.wiring import cupy_backend
 
     return cupy_backend.backend()
 

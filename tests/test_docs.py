@@ -8,7 +8,7 @@ The page names code in backticks in three forms, all checked:
   each (dotted) name is an attribute of it. Modules of ``minivae/`` are imported and looked up;
   ``kernels/`` files are read with ``ast`` instead, since importing them would pull in Numba and
   could choose numba.cuda's target (the simulator or a GPU) before the kernel tests choose it;
-* ``file`` alone (``kernels/linear/linear.cu``): the file exists;
+* ``file`` alone (``kernels/linear/cuda_c.cu``): the file exists;
 * a bare name that reads as code, ``something_forward``/``something_backward`` or
   ``Class.method``: some module of ``minivae/`` defines it.
 """
@@ -85,7 +85,7 @@ def test_the_page_names_code_in_the_checked_forms():
     assert len(FILE_REFS) >= 30, [m.group(0) for m in FILE_REFS]
     named = {m.group("path") for m in FILE_REFS if m.group("names")}
     assert {"minivae/layers.py", "minivae/latent.py", "minivae/likelihoods.py", "minivae/model.py",
-            "minivae/backends.py", "kernels/linear/cpu.py"} <= named
+            "minivae/backends.py", "kernels/linear/numba_cpu.py"} <= named
 
 
 @pytest.mark.parametrize("ref", [m.group(0) for m in FILE_REFS])

@@ -211,7 +211,7 @@ def test_the_linked_install_needs_no_build(bare_python, tmp_path, monkeypatch):
     code = "import minivae.kernels.linear.cuda_c as m; print(m.SOURCE.resolve())"
     done = subprocess.run([str(bare_python), "-c", code], cwd=ROOT, env=run.env, capture_output=True,
                           text=True)
-    assert done.returncode == 0 and done.stdout.strip() == str(ROOT / "kernels" / "linear" / "linear.cu")
+    assert done.returncode == 0 and done.stdout.strip() == str(ROOT / "kernels" / "linear" / "cuda_c.cu")
 
 
 def test_libnvvm_is_found_where_numba_cuda_looks_for_it(tmp_path):

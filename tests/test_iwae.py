@@ -26,7 +26,7 @@ from strategies import rng_of
 from test_cupy_backend_emulated import emulated_cupy  # noqa: F401  (the fixture)
 
 from minivae.gradcheck import gradcheck
-from minivae.kernels import _emulate
+from minivae.kernels.wiring import emulate
 from minivae.model import VAE
 
 LIKELIHOODS = ["bernoulli", "cbernoulli", "gaussian", "gaussian_learned"]
@@ -318,8 +318,8 @@ def test_the_k_sample_step_on_the_numba_cuda_backend_in_the_simulator(tmp_path):
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
-@pytest.mark.skipif(_emulate.compiler() is None, reason=f"the CUDA emulator needs a C++20 compiler "
-                    f"({_emulate.CXX} not on PATH)")
+@pytest.mark.skipif(emulate.compiler() is None, reason=f"the CUDA emulator needs a C++20 compiler "
+                    f"({emulate.CXX} not on PATH)")
 @pytest.mark.parametrize("estimator", ["standard", "dreg"])
 def test_the_k_sample_step_on_the_cupy_backends_stand_in(emulated_cupy, estimator):  # noqa: F811
     """The cupy backend's wiring, with NumPy standing in for CuPy and its CUDA C kernels (the

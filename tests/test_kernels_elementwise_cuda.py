@@ -25,15 +25,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minivae import latent, optim, philox
-from minivae.kernels import _emulate
+from minivae.kernels.adam import cuda_c as optim_cuda
+from minivae.kernels.bernoulli import cuda_c as likelihood_cuda
 from minivae.kernels.latent import cuda_c as latent_cuda
-from minivae.kernels.likelihood import cuda_c as likelihood_cuda
-from minivae.kernels.optim import cuda_c as optim_cuda
+from minivae.kernels.wiring import emulate
 from minivae.likelihoods import Bernoulli
 
 pytestmark = pytest.mark.skipif(
-    _emulate.compiler() is None,
-    reason=f"the CUDA emulator needs a C++20 compiler ({_emulate.CXX} not on PATH)")
+    emulate.compiler() is None,
+    reason=f"the CUDA emulator needs a C++20 compiler ({emulate.CXX} not on PATH)")
 
 RTOL = 1e-5
 EPS_TOL = philox.EPS_TOLERANCE["float32"]

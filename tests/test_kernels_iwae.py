@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minivae.iwae import importance_weights
-from minivae.kernels import _emulate
+from minivae.kernels.wiring import emulate
 
 SHAPES = st.tuples(st.sampled_from([1, 2, 3, 5, 17, 50]), st.sampled_from([1, 2, 7, 33, 100]))
 
@@ -99,19 +99,19 @@ def _check_kernel(fn, lw: np.ndarray, **kwargs) -> None:
 @given(shape=SHAPES, dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
 def test_numba_cpu_matches_the_reference(shape, dtype, seed):
     pytest.importorskip("numba")
-    from minivae.kernels.iwae import cpu
+    from minivae.kernels.importance_weights import numba_cpu
 
     lw = _log_weights(np.random.default_rng(seed), *shape, dtype)
     lw[0, 0] = np.nan if shape[1] > 3 else lw[0, 0]
-    _check_kernel(cpu.importance_weights, lw)
+    _check_kernel(numba_cpu.importance_weights, lw)
 
 
-@pytest.mark.skipif(_emulate.compiler() is None, reason=f"the CUDA emulator needs a C++20 compiler "
-                    f"({_emulate.CXX} not on PATH)")
+@pytest.mark.skipif(emulate.compiler() is None, reason=f"the CUDA emulator needs a C++20 compiler "
+                    f"({emulate.CXX} not on PATH)")
 @pytest.mark.parametrize(("k", "n", "block", "grid"), [(1, 1, 32, None), (5, 33, 32, 1), (50, 100, 64, 2),
                                                        (3, 257, 256, None), (17, 7, 96, 3)])
 def test_cuda_c_on_the_emulator_matches_the_reference(k, n, block, grid):
-    from minivae.kernels.iwae import cuda_c
+    from minivae.kernels.importance_weights import cuda_c
 
     lw = _log_weights(np.random.default_rng(k * 1000 + n), k, n, np.float32)
     if n > 3:
@@ -122,7 +122,7 @@ def test_cuda_c_on_the_emulator_matches_the_reference(k, n, block, grid):
 NUMBA_CUDA_CHECK = """
 import numpy as np
 from minivae.iwae import importance_weights
-from minivae.kernels.iwae import nb_cuda
+from minivae.kernels.importance_weights import numba_cuda
 rng = np.random.default_rng(0)
 worst = 0.0
 for k, n, block, grid, dtype in [(1, 1, 32, None, np.float32), (5, 33, 32, 1, np.float64),
@@ -130,7 +130,7 @@ for k, n, block, grid, dtype in [(1, 1, 32, None, np.float32), (5, 33, 32, 1, np
     lw = (rng.standard_normal((k, n)) * 30 + rng.uniform(-1e4, 1e4, n)).astype(dtype)
     if k > 1:
         lw[0, 1] = -np.inf
-    bound, w = nb_cuda.importance_weights(lw, block=block, grid=grid)
+    bound, w = numba_cuda.importance_weights(lw, block=block, grid=grid)
     want = importance_weights(lw)
     tol = 1e-12 if dtype == np.float64 else 2e-6
     assert np.allclose(w, want[1], rtol=tol * (k + 4), atol=tol * 1e-3), (k, n)

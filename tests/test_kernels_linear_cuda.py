@@ -1,4 +1,4 @@
-"""The CUDA C linear kernels (kernels/linear/linear.cu: every rung of the ladder, every activation)
+"""The CUDA C linear kernels (kernels/linear/cuda_c.cu: every rung of the ladder, every activation)
 agree with the NumPy reference, and the ``cupy`` backend that runs them agrees with ``numpy``.
 
 Where they run: ``backend="emulate"`` (the CPU emulator, what CI runs) always; ``backend="cupy"`` as
@@ -38,9 +38,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minivae.backends import NUMPY, BackendUnavailable, get_backend
-from minivae.kernels import _cuda, _emulate
 from minivae.kernels import linear as linear_codes
 from minivae.kernels.linear import cuda_c as linear
+from minivae.kernels.wiring import cuda_load, emulate
 from minivae.layers import ACTIVATIONS
 
 
@@ -54,8 +54,8 @@ def _cupy_sees_a_gpu() -> bool:
 
 
 GPU = _cupy_sees_a_gpu()
-NO_COMPILER = f"the CUDA emulator needs a C++20 compiler ({_emulate.CXX} not on PATH)"
-needs_compiler = pytest.mark.skipif(_emulate.compiler() is None, reason=NO_COMPILER)
+NO_COMPILER = f"the CUDA emulator needs a C++20 compiler ({emulate.CXX} not on PATH)"
+needs_compiler = pytest.mark.skipif(emulate.compiler() is None, reason=NO_COMPILER)
 gpu_only = pytest.mark.skipif(not GPU, reason="no CUDA GPU")
 BACKENDS = [pytest.param("emulate", marks=needs_compiler), pytest.param("cupy", marks=gpu_only)]
 ACTS = list(linear_codes.ACT_CODES)
@@ -253,7 +253,7 @@ def test_outputs_are_allocated_when_not_given(backend):
 
 # ---- launch checks ---------------------------------------------------------------------------------
 
-RUNGS = {  # every kernel of linear.cu -> its Rung (block and tile)
+RUNGS = {  # every kernel of kernels/linear/cuda_c.cu -> its Rung (block and tile)
     **{r.kernel: r for r in linear.FORWARD.values()},
     **{r.kernel: r for pair in linear.BACKWARD.values() for r in pair},
 }
@@ -276,7 +276,7 @@ def raw_args(kernel: str, size: int, act: int):
 def test_kernels_trap_on_a_launch_they_were_not_written_for(kernel, fault):
     """__trap(), which the host sees as a launch failure, never a silently partial result."""
     rung = RUNGS[kernel]
-    fn = _cuda.load(linear.SOURCE).get_function(kernel)
+    fn = cuda_load.load(linear.SOURCE).get_function(kernel)
     size = 65  # one past a 64-tile, a 32-wide block and a 16-tile
     grid, block, act = linear._grid(rung, size, size), rung.block, 0
     fn(grid, block, raw_args(kernel, size, act))  # the right launch runs
@@ -340,7 +340,8 @@ def test_a_read_only_output_is_refused():
 
 
 def test_the_kernels_activation_parameters_are_the_layers_defaults():
-    """The backend table passes only the activation's name; linear.cu hard-codes its parameter."""
+    """The backend table passes only the activation's name; kernels/linear/cuda_c.cu hard-codes its
+    parameter."""
     text = linear.SOURCE.read_text()
     for name, constant in (("leaky_relu", "LEAKY_SLOPE"), ("elu", "ELU_ALPHA")):
         value = float(re.search(rf"constexpr float {constant} = ([0-9.e+-]+)f;", text).group(1))
@@ -392,10 +393,10 @@ def test_every_kernel_runs_clean_under_the_sanitizer(sanitize):
     """ThreadSanitizer: no barrier is missing between the shared-memory stores of a slice and their
     reads (tests/test_cuda_emulation.py shows it reports one that is); AddressSanitizer: no tail
     reads or writes past a buffer."""
-    reason = _emulate.sanitizer_works(sanitize)
+    reason = emulate.sanitizer_works(sanitize)
     if reason:
         pytest.skip(reason)
-    exe = _emulate.build_executable(linear.SOURCE, sanitizer_main(), sanitize)
+    exe = emulate.build_executable(linear.SOURCE, sanitizer_main(), sanitize)
     done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=240,
                           env={**os.environ, **SANITIZER_ENV})
     assert done.returncode == 0 and "Sanitizer" not in done.stderr, done.stderr[-3000:]
@@ -413,12 +414,12 @@ R4_REGISTER_CAP = 65536 // (64 * 8)  # __launch_bounds__(64, 8): 8 blocks of 64 
 def test_linear_cu_compiles_with_nvcc_without_spills(arch, tmp_path):
     """ptxas -v per kernel: no spills (local-memory traffic in the inner loop would undo the register
     blocking), and rung 4 within the 128 registers its occupancy argument assumes."""
-    cmd = ["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", f"-I{_cuda.COMMON_DIR}", "-o",
+    cmd = ["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", f"-I{cuda_load.COMMON_DIR}", "-o",
            str(tmp_path / "linear.cubin"), str(linear.SOURCE)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     found = {m[0]: m[1:] for m in PTXAS.findall(done.stdout + done.stderr)}
-    assert set(found) == set(_cuda.kernel_signatures(linear.SOURCE.read_text())), done.stderr
+    assert set(found) == set(cuda_load.kernel_signatures(linear.SOURCE.read_text())), done.stderr
     report = []
     for name, (got_arch, spill_stores, spill_loads, registers) in sorted(found.items()):
         assert got_arch == arch
@@ -460,8 +461,8 @@ def test_vae_loss_and_gradients_match_the_numpy_backend(n_classes, activation, n
 
 @gpu_only
 def test_every_op_of_the_cupy_backend_matches_numpy_on_the_device():
-    """The table's latent, Bernoulli and Adam ops (the CUDA C kernels of latent/, likelihood/,
-    optim/) on the GPU, against the reference table; the linear op is covered above."""
+    """The table's latent, Bernoulli and Adam ops (the CUDA C kernels of latent/, bernoulli/,
+    adam/) on the GPU, against the reference table; the linear op is covered above."""
     from minivae.optim import Adam
 
     gpu = get_backend("cupy")

@@ -1,4 +1,4 @@
-"""The Numba CPU kernels (kernels/*/cpu.py, backend "numba") agree with the NumPy reference.
+"""The Numba CPU kernels (kernels/*/numba_cpu.py, backend "numba") agree with the NumPy reference.
 
 Every kernel runs on its serial and on its parallel path (each module switches at
 ``PARALLEL_MIN_ELEMENTS``; the tests move that threshold so small shapes take both), in float32 and
@@ -16,7 +16,7 @@ tolerances derived from the unit roundoff u of the kernel's dtype, never tuned:
 * latent and Bernoulli ops: 1e-5 relative of the summed magnitudes of the terms in float32 (the
   project's elementwise bound), 1e-12 in float64; Philox normals carry ``philox.EPS_TOLERANCE``;
 * Adam: bitwise equal to ``minivae.optim.Adam`` (the kernel runs PyTorch's single-tensor rule in
-  the same order without fused multiply-adds, kernels/optim/cpu.py).
+  the same order without fused multiply-adds, kernels/adam/numba_cpu.py).
 
 Every comparison fails on a NaN or inf, and the kernels are also run on outputs preset to NaN
 (``test_every_kernel_writes_every_output_element``): an element a kernel never wrote cannot pass.
@@ -37,11 +37,11 @@ from trajectory import assert_follows_numpy, assert_one_loss_matches_numpy  # no
 from minivae import latent, optim, philox  # noqa: E402
 from minivae.backends import NUMPY, get_backend  # noqa: E402
 from minivae.kernels import linear as linear_codes  # noqa: E402
+from minivae.kernels.adam import numba_cpu as optim_cpu  # noqa: E402
+from minivae.kernels.bernoulli import numba_cpu as likelihood_cpu  # noqa: E402
 from minivae.kernels.common import philox_numba  # noqa: E402
-from minivae.kernels.latent import cpu as latent_cpu  # noqa: E402
-from minivae.kernels.likelihood import cpu as likelihood_cpu  # noqa: E402
-from minivae.kernels.linear import cpu as linear_cpu  # noqa: E402
-from minivae.kernels.optim import cpu as optim_cpu  # noqa: E402
+from minivae.kernels.latent import numba_cpu as latent_cpu  # noqa: E402
+from minivae.kernels.linear import numba_cpu as linear_cpu  # noqa: E402
 from minivae.layers import ACTIVATIONS  # noqa: E402
 from minivae.likelihoods import Bernoulli  # noqa: E402
 
@@ -362,10 +362,10 @@ def test_training_follows_the_numpy_backends_loss_trajectory(dtype, n_classes):
 
 def test_parallel_kernels_run_on_the_sleeping_workqueue_layer(monkeypatch):
     """The OpenMP layer's spinning threads starve the BLAS GEMMs between fused passes
-    (kernels/common/numba_threads.py): minivae's kernels start Numba's pool on workqueue."""
+    (kernels/wiring/numba_threads.py): minivae's kernels start Numba's pool on workqueue."""
     import numba
 
-    from minivae.kernels.common import numba_threads
+    from minivae.kernels.wiring import numba_threads
 
     if numba_threads.USER_CHOICE is not None:
         pytest.skip(f"NUMBA_THREADING_LAYER={numba_threads.USER_CHOICE} was set: the user's choice stands")

@@ -1,4 +1,4 @@
-"""The Numba CUDA kernels (kernels/*/nb_cuda.py, backend "numba-cuda") agree with the NumPy reference.
+"""The Numba CUDA kernels (kernels/*/numba_cuda.py, backend "numba-cuda") agree with the NumPy reference.
 
 Where they run: on a GPU when CuPy sees one; otherwise in Numba's CUDA simulator, which this module
 selects itself (see ``_select_simulator``), so CI needs no GPU. The simulator runs one Python thread
@@ -63,7 +63,7 @@ _select_simulator()
 
 from minivae import philox  # noqa: E402
 from minivae.backends import NUMPY, BackendUnavailable, get_backend  # noqa: E402
-from minivae.kernels import numba_cuda as nbc  # noqa: E402
+from minivae.kernels.wiring import numba_cuda as nbc  # noqa: E402
 from minivae.layers import ACTIVATIONS, linear_forward  # noqa: E402
 from minivae.optim import Adam, AdamW  # noqa: E402
 
@@ -79,10 +79,10 @@ except BackendUnavailable as e:  # a GPU without CuPy
     pytest.skip(str(e), allow_module_level=True)
 dev, host = BACKEND.asarray, BACKEND.to_host
 
-from minivae.kernels.latent import nb_cuda as latent  # noqa: E402
-from minivae.kernels.likelihood import nb_cuda as likelihood  # noqa: E402
-from minivae.kernels.linear import nb_cuda as linear  # noqa: E402
-from minivae.kernels.optim import nb_cuda as optim  # noqa: E402
+from minivae.kernels.adam import numba_cuda as optim  # noqa: E402
+from minivae.kernels.bernoulli import numba_cuda as likelihood  # noqa: E402
+from minivae.kernels.latent import numba_cuda as latent  # noqa: E402
+from minivae.kernels.linear import numba_cuda as linear  # noqa: E402
 
 # A simulator deadlock (a barrier some threads never reach) would hang the run: fail it instead.
 pytestmark = pytest.mark.timeout(120)

@@ -1,5 +1,5 @@
 """Every CUDA C source compiles through NVRTC exactly as ``cupy.RawModule`` compiles it on a GPU
-(``kernels/_cuda.py``: ``compile_options`` plus ``CUPY_ADDED_OPTIONS`` and ``-arch=sm_XX``), for the
+(``kernels/cuda_load.py``: ``compile_options`` plus ``CUPY_ADDED_OPTIONS`` and ``-arch=sm_XX``), for the
 A100's and the H100/H200's architectures, with no GPU needed: NVRTC is a library (the ``dev`` extra
 installs its wheel, ``nvidia-cuda-nvrtc`` 13.0, the CUDA of the GPU machines' r580 drivers). Its
 built-in ptxas reports every kernel's registers and spills (``-Xptxas=-v``): no errors, no warnings,
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minivae.kernels import _cuda
+from minivae.kernels.wiring import cuda_load
 
-SOURCES = sorted(_cuda.KERNELS_DIR.rglob("*.cu"))
+SOURCES = sorted(cuda_load.KERNELS_DIR.rglob("*.cu"))
 ARCHS = ["sm_80", "sm_90"]
 PTXAS_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'.*?"
                          r"(\d+) bytes spill stores, (\d+) bytes spill loads.*?Used (\d+) registers", re.S)
@@ -90,7 +90,8 @@ def _get(lib: ctypes.CDLL, prog: ctypes.c_void_p, what: str) -> bytes:
 def compile_with_nvrtc(source: Path, arch: str) -> tuple[int, str, bytes, bytes]:
     """(status, log, PTX, cubin) of ``source`` for ``arch``, with CuPy's options and ptxas -v."""
     lib = nvrtc()
-    options = [*_cuda.compile_options(source), *_cuda.CUPY_ADDED_OPTIONS, f"-arch={arch}", "-Xptxas=-v"]
+    options = [*cuda_load.compile_options(source), *cuda_load.CUPY_ADDED_OPTIONS, f"-arch={arch}",
+               "-Xptxas=-v"]
     prog = ctypes.c_void_p()
     _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(), 0,
                                        None, None), "nvrtcCreateProgram")
@@ -108,7 +109,7 @@ def compile_with_nvrtc(source: Path, arch: str) -> tuple[int, str, bytes, bytes]
 def assert_no_spills(report: str, source: Path, arch: str) -> None:
     """Every kernel of ``source`` in ptxas' -v ``report``, for ``arch``, with no spill traffic."""
     found = {m[0]: m[1:] for m in PTXAS_ENTRY.findall(report)}
-    assert set(found) == set(_cuda.kernel_signatures(source.read_text())), report
+    assert set(found) == set(cuda_load.kernel_signatures(source.read_text())), report
     for name, (got_arch, stores, loads, registers) in found.items():
         assert got_arch == arch, (name, got_arch)
         assert int(stores) == int(loads) == 0, f"{source.name}: {name} spills on {arch}:\n{report}"
@@ -119,7 +120,7 @@ def assert_no_spills(report: str, source: Path, arch: str) -> None:
 
 @needs_nvrtc
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.relative_to(_cuda.KERNELS_DIR).as_posix())
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.relative_to(cuda_load.KERNELS_DIR).as_posix())
 def test_every_cu_compiles_through_nvrtc_as_cupy_compiles_it_without_spills(source, arch):
     status, log, ptx, cubin = compile_with_nvrtc(source, arch)
     assert status == 0, f"NVRTC failed on {source.name} for {arch}:\n{log}"
@@ -131,7 +132,7 @@ def test_every_cu_compiles_through_nvrtc_as_cupy_compiles_it_without_spills(sour
 @needs_nvrtc
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="no ptxas on the PATH (the toolkit is optional)")
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.relative_to(_cuda.KERNELS_DIR).as_posix())
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.relative_to(cuda_load.KERNELS_DIR).as_posix())
 def test_ptxas_assembles_nvrtcs_ptx_without_spills(source, arch, tmp_path):
     status, log, ptx, _ = compile_with_nvrtc(source, arch)
     assert status == 0, log
@@ -192,30 +193,30 @@ def kernel_tree(tmp_path, monkeypatch):
     (room / "k.cu").write_text('#include "local.cuh"\n// #include "commented_out.cuh"\n'
                                'extern "C" __global__ void k(float* y) { y[0] = SHARED + LOCAL; }\n')
     (room / "unrelated.cuh").write_text("constexpr int OTHER = 3;\n")
-    monkeypatch.setattr(_cuda, "COMMON_DIR", common)
+    monkeypatch.setattr(cuda_load, "COMMON_DIR", common)
     return room / "k.cu"
 
 
 def test_included_files_follow_quoted_includes_transitively(kernel_tree):
-    names = [p.name for p in _cuda.included_files(kernel_tree)]
+    names = [p.name for p in cuda_load.included_files(kernel_tree)]
     assert names == ["k.cu", "local.cuh", "shared.cuh"]
 
 
 @pytest.mark.parametrize("edited, changes", [("common/shared.cuh", True), ("room/local.cuh", True),
                                              ("room/k.cu", True), ("room/unrelated.cuh", False)])
 def test_the_compile_options_change_with_the_source_and_every_included_header(kernel_tree, edited, changes):
-    before = _cuda.compile_options(kernel_tree)
+    before = cuda_load.compile_options(kernel_tree)
     path = kernel_tree.parents[1] / edited
     path.write_text(path.read_text() + "// edited\n")
-    after = _cuda.compile_options(kernel_tree)
+    after = cuda_load.compile_options(kernel_tree)
     assert (before != after) == changes
-    assert before[:3] == after[:3] == ("-std=c++17", f"-I{_cuda.COMMON_DIR}", f"-I{kernel_tree.parent}")
+    assert before[:3] == after[:3] == ("-std=c++17", f"-I{cuda_load.COMMON_DIR}", f"-I{kernel_tree.parent}")
 
 
 def test_a_missing_header_is_named(kernel_tree):
     kernel_tree.write_text('#include "nowhere.cuh"\n')
     with pytest.raises(ValueError, match=r"k.cu includes 'nowhere.cuh', which is in none of"):
-        _cuda.compile_options(kernel_tree)
+        cuda_load.compile_options(kernel_tree)
 
 
 def test_cupy_compiles_with_the_hashed_options(monkeypatch):
@@ -228,8 +229,8 @@ def test_cupy_compiles_with_the_hashed_options(monkeypatch):
             seen.append((code, options))
 
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=RawModule, ndarray=np.ndarray))
-    monkeypatch.setattr(_cuda, "_MODULES", {})
-    source = _cuda.KERNELS_DIR / "optim" / "adam.cu"
-    module = _cuda.load(source, "cupy")
-    assert seen == [(source.read_text(), _cuda.compile_options(source))]
+    monkeypatch.setattr(cuda_load, "_MODULES", {})
+    source = cuda_load.KERNELS_DIR / "adam" / "cuda_c.cu"
+    module = cuda_load.load(source, "cupy")
+    assert seen == [(source.read_text(), cuda_load.compile_options(source))]
     assert "adam_step" in module.signatures

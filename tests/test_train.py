@@ -18,7 +18,7 @@ from test_cupy_backend_emulated import emulated_cupy  # noqa: F401  (the fixture
 from minivae import backends, pictures, runs
 from minivae import train as train_mod
 from minivae.config import TrainConfig
-from minivae.kernels import _emulate
+from minivae.kernels.wiring import emulate
 from minivae.model import VAE
 from minivae.readers import write_idx
 from minivae.runs import CHECKPOINT, RunError, is_minivae_file, read_checkpoint
@@ -635,8 +635,8 @@ def test_the_blas_runs_one_thread_for_a_small_model_and_all_for_a_large_one():
     assert [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"] == before
 
 
-@pytest.mark.skipif(_emulate.compiler() is None, reason=f"the CUDA emulator needs a C++20 compiler "
-                    f"({_emulate.CXX} not on PATH)")
+@pytest.mark.skipif(emulate.compiler() is None, reason=f"the CUDA emulator needs a C++20 compiler "
+                    f"({emulate.CXX} not on PATH)")
 def test_clipping_runs_on_the_cupy_backends_stand_in(tmp_path, monkeypatch, emulated_cupy):  # noqa: F811
     """A run on the cupy backend (NumPy standing in for CuPy, its kernels on the emulator) with
     --clip: every step's gradient is scaled to the clip norm."""

@@ -1,14 +1,14 @@
-"""Launchers for ``linear.cu``: the fused linear(+activation) op, forward and backward.
+"""Launchers for ``cuda_c.cu``: the fused linear(+activation) op, forward and backward.
 
 Same results as ``minivae.layers.linear_act_forward`` / ``linear_act_backward`` (the numpy backend's
 op) to float32 GEMM tolerances (see tests/test_kernels_linear_cuda.py). ``version`` picks the rung
-of the optimisation ladder (``FORWARD`` and ``BACKWARD`` below; linear.cu says what each adds); the
+of the optimisation ladder (``FORWARD`` and ``BACKWARD`` below; cuda_c.cu says what each adds); the
 default is the production rung, 4.
 
 Matrices may be row-strided views (unit column stride, row stride ``ld >= width`` elements, e.g. a
 column slice of a wider array): the kernels take a leading dimension per matrix, so no copy is made.
 The kernel then gets a 1-D view of the span from the first element to the last, which is the memory
-it may touch. The forward keeps only its output for the backward, for every activation (linear.cu
+it may touch. The forward keeps only its output for the backward, for every activation (cuda_c.cu
 explains why that suffices, softplus included).
 """
 
@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from minivae.kernels import _cuda
 from minivae.kernels.linear import act_code as _act_code
+from minivae.kernels.wiring import cuda_load
 
-SOURCE = Path(__file__).with_name("linear.cu")
+SOURCE = Path(__file__).with_name("cuda_c.cu")
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which runs over the row tiles
-ITEM = _cuda.FLOAT32_ITEM
+ITEM = cuda_load.FLOAT32_ITEM
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Rung:
 
 
 # Rung 1 takes any 2-D block: 32 x 8 puts a warp on 32 consecutive outputs of one row (coalesced
-# stores) and 8 warps in a block. Rungs 2-4 are compiled for one block each (linear.cu's R2_TILE,
+# stores) and 8 warps in a block. Rungs 2-4 are compiled for one block each (cuda_c.cu's R2_TILE,
 # R3_*, R4_* say why those sizes) and trap on any other.
 NAIVE_BLOCK = (32, 8)
 R2_TILE = 16  # 16 x 16 threads, one output each
@@ -63,7 +63,7 @@ PRODUCTION = 4
 
 
 def act_code(act: str | None) -> np.int32:
-    """linear.cu's code for ``act`` (kernels/linear/__init__.py's ACT_CODES), as the C int it takes."""
+    """cuda_c.cu's code for ``act`` (kernels/linear/__init__.py's ACT_CODES), as the C int it takes."""
     return np.int32(_act_code(act))
 
 
@@ -75,8 +75,8 @@ def _rung(table: dict, version: Any, what: str):
 
 def matrix(name: str, a: Any, shape: tuple[int | None, int | None], xp: Any,
            writeable: bool = False) -> tuple[Any, Any, int]:
-    """``_cuda.check_matrix``: row-strided float32 matrices, as every linear kernel takes them."""
-    return _cuda.check_matrix(name, a, shape, xp, writeable)
+    """``cuda_load.check_matrix``: row-strided float32 matrices, as every linear kernel takes them."""
+    return cuda_load.check_matrix(name, a, shape, xp, writeable)
 
 
 def _grid(rung: Rung, rows: int, cols: int) -> tuple[int, int]:
@@ -93,7 +93,7 @@ def _output(name: str, given: Any, shape: tuple[int, ...], xp: Any) -> tuple[Any
         a = xp.empty(shape, np.float32)
         return a, a, shape[-1]
     if len(shape) == 1:
-        a = _cuda.check_array(name, given, shape, xp)
+        a = cuda_load.check_array(name, given, shape, xp)
         return a, a, shape[0]
     return matrix(name, given, shape, xp, writeable=True)
 
@@ -108,14 +108,14 @@ def forward(x: Any, W: Any, b: Any, act: str | None = None, *, version: int = PR
     """
     rung = _rung(FORWARD, version, "the forward ladder")
     code = act_code(act)
-    xp = _cuda.array_module(backend)
+    xp = cuda_load.array_module(backend)
     x, x_k, ldx = matrix("x", x, (None, None), xp)
     n, d_in = x.shape
     W, W_k, ldw = matrix("W", W, (None, d_in), xp)
     d_out = W.shape[0]
-    b = _cuda.check_array("b", b, (d_out,), xp)
+    b = cuda_load.check_array("b", b, (d_out,), xp)
     y, y_k, ldy = _output("out", out, (n, d_out), xp)
-    kernel = _cuda.load(SOURCE, backend).get_function(rung.kernel)
+    kernel = cuda_load.load(SOURCE, backend).get_function(rung.kernel)
     kernel(_grid(rung, n, d_out), rung.block, (x_k, W_k, b, y_k, np.int32(n), np.int32(d_in), np.int32(d_out),
                                                 np.int32(ldx), np.int32(ldw), np.int32(ldy), code))
     return y
@@ -133,7 +133,7 @@ def backward(dy: Any, x: Any, W: Any, y: Any, act: str | None = None, *, need_dx
     """
     dx_rung, dw_rung = _rung(BACKWARD, version, "the backward's rungs")
     code = act_code(act)
-    xp = _cuda.array_module(backend)
+    xp = cuda_load.array_module(backend)
     dy, dy_k, ld_dy = matrix("dy", dy, (None, None), xp)
     n, d_out = dy.shape
     x, x_k, ldx = matrix("x", x, (n, None), xp)
@@ -152,12 +152,12 @@ def backward(dy: Any, x: Any, W: Any, y: Any, act: str | None = None, *, need_dx
     dx = None
     if need_dx:
         dx, dx_k, ld_dx = _output("out[0] (dx)", given[0], (n, d_in), xp)
-        kernel = _cuda.load(SOURCE, backend).get_function(dx_rung.kernel)
+        kernel = cuda_load.load(SOURCE, backend).get_function(dx_rung.kernel)
         kernel(_grid(dx_rung, n, d_in), dx_rung.block, (dy_k, y_k, W_k, dx_k, *ints, np.int32(ld_dy),
                                                         np.int32(ld_y), np.int32(ldw), np.int32(ld_dx), code))
     elif given[0] is not None:
         raise ValueError("out[0] (dx) must be None when need_dx is False")
-    kernel = _cuda.load(SOURCE, backend).get_function(dw_rung.kernel)
+    kernel = cuda_load.load(SOURCE, backend).get_function(dw_rung.kernel)
     kernel(_grid(dw_rung, d_out, d_in), dw_rung.block, (dy_k, y_k, x_k, dW_k, db, *ints, np.int32(ld_dy),
                                                         np.int32(ld_y), np.int32(ldx), np.int32(ld_dw), code))
     return dx, dW, db

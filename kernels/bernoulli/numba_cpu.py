@@ -22,11 +22,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
 from minivae.kernels.common.vecmath import softplus_sigmoid_f32, softplus_sigmoid_libm, sum_f64
+from minivae.kernels.wiring import numba_threads  # noqa: F401  (before any parallel kernel runs)
 
 # Rows are shared between threads from this many elements on; below it one thread is faster than
-# waking the pool (10-185 us on 2 cores, common/numba_threads.py; the float64 libm form takes
+# waking the pool (10-185 us on 2 cores, wiring/numba_threads.py; the float64 libm form takes
 # ~6 ns an element, so 64k elements are ~0.4 ms of serial work).
 PARALLEL_MIN_ELEMENTS = 1 << 16
 # The vectorised float32 form gains less from a second thread (measured on 2 cores: 128 x 784

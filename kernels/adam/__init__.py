@@ -1,6 +1,6 @@
 """Optimiser kernels (reference: ``minivae.optim``): one Adam / AdamW step in a single pass over
-parameter, gradient and both moments, as CUDA C (``adam.cu``, launched by ``cuda_c.py`` through CuPy
-or the emulator), Numba CUDA (``nb_cuda.py``) and Numba CPU (``cpu.py``).
+parameter, gradient and both moments, as CUDA C (``cuda_c.cu``, launched by ``cuda_c.py`` through CuPy
+or the emulator), Numba CUDA (``numba_cuda.py``) and Numba CPU (``numba_cpu.py``).
 
 What the three launchers share lives here: the hyperparameter checks and the step's scalars, which
 the host computes in double precision exactly as ``minivae.optim.Adam._update`` (and PyTorch) does,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-# adam.cu's, nb_cuda.py's and cpu.py's weight_decay_mode: no decay, L2 added to the gradient
+# cuda_c.cu's, numba_cuda.py's and numba_cpu.py's weight_decay_mode: no decay, L2 added to the gradient
 # (Adam), decoupled shrinking of the parameter (AdamW)
 WEIGHT_DECAY_NONE, WEIGHT_DECAY_L2, WEIGHT_DECAY_DECOUPLED = range(3)
 

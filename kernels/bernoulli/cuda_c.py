@@ -1,4 +1,4 @@
-"""Launcher for ``bernoulli.cu``: the Bernoulli log-likelihood and its gradient in one pass.
+"""Launcher for ``cuda_c.cu``: the Bernoulli log-likelihood and its gradient in one pass.
 
 Same results as ``minivae.likelihoods.Bernoulli`` (forward, then backward with a constant dlogp),
 to float32 tolerances (see tests/test_kernels_elementwise_cuda.py).
@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from minivae.kernels import _cuda
+from minivae.kernels.wiring import cuda_load
 
-SOURCE = Path(__file__).with_name("bernoulli.cu")
+SOURCE = Path(__file__).with_name("cuda_c.cu")
 # One block per example row; rows are images (64 to a few thousand pixels), so 4 warps stride a
 # row in a handful of passes while the row sum stays one block_sum; a multiple of 32 because that
 # reduction shuffles whole warps.
@@ -28,21 +28,21 @@ def bernoulli_forward_backward(x: Any, logits: Any, dlogp: float, *, backend: st
     x, logits: (N, D) float32; dlogp: d loss / d logp[n], the same for every example.
     Returns (logp (N,), dlogits (N, D)), written into ``out`` if given.
     """
-    xp = _cuda.array_module(backend)
-    logits = _cuda.check_array("logits", logits, (None, None), xp)
+    xp = cuda_load.array_module(backend)
+    logits = cuda_load.check_array("logits", logits, (None, None), xp)
     n, d = logits.shape
-    x = _cuda.check_array("x", x, (n, d), xp)
-    _cuda.check_int("N", n, 1, _cuda.INT32_LIMIT)
-    _cuda.check_int("D", d, 1, _cuda.INT32_LIMIT)
+    x = cuda_load.check_array("x", x, (n, d), xp)
+    cuda_load.check_int("N", n, 1, cuda_load.INT32_LIMIT)
+    cuda_load.check_int("D", d, 1, cuda_load.INT32_LIMIT)
     if not np.isfinite(dlogp):
         raise ValueError(f"dlogp must be a finite number, got {dlogp!r}")
-    block = _cuda.check_block("block", block, whole_warps=True)
-    grid = _cuda.check_grid("grid", grid, n)
+    block = cuda_load.check_block("block", block, whole_warps=True)
+    grid = cuda_load.check_grid("grid", grid, n)
     if out is None:
         logp, dlogits = xp.empty(n, np.float32), xp.empty((n, d), np.float32)
     else:
-        logp = _cuda.check_array("out[0] (logp)", out[0], (n,), xp)
-        dlogits = _cuda.check_array("out[1] (dlogits)", out[1], (n, d), xp)
-    kernel = _cuda.load(SOURCE, backend).get_function("bernoulli_forward_backward")
+        logp = cuda_load.check_array("out[0] (logp)", out[0], (n,), xp)
+        dlogits = cuda_load.check_array("out[1] (dlogits)", out[1], (n, d), xp)
+    kernel = cuda_load.load(SOURCE, backend).get_function("bernoulli_forward_backward")
     kernel(grid, block, (x, logits, logp, dlogits, np.int32(n), np.int32(d), np.float32(dlogp)))
     return logp, dlogits

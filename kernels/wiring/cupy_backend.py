@@ -2,7 +2,7 @@
 ``cupy.RawModule`` and run on a GPU (arrays are CuPy arrays, ``xp = cupy``).
 
 Maps ``minivae.backends``' table onto the launchers: ``linear/cuda_c.py`` (production rung),
-``latent/cuda_c.py``, ``likelihood/cuda_c.py`` and ``optim/cuda_c.py``, each with ``backend="cupy"``.
+``latent/cuda_c.py``, ``bernoulli/cuda_c.py`` and ``adam/cuda_c.py``, each with ``backend="cupy"``.
 ``backend()`` raises ImportError, naming the reason, when CuPy is not installed or sees no GPU;
 ``minivae.backends.get_backend`` reports that as BackendUnavailable. The kernels are float32 (what
 the GPU runs): a float64 model's arrays are refused by the launchers, naming the array.
@@ -41,11 +41,11 @@ def _cupy_with_a_gpu() -> Any:
 def backend() -> Backend:
     """The CuPy + CUDA C backend, named "cupy" (ImportError without CuPy or a GPU)."""
     cupy = _cupy_with_a_gpu()
-    from minivae.kernels.iwae import cuda_c as iwae
+    from minivae.kernels.adam import cuda_c as optim
+    from minivae.kernels.bernoulli import cuda_c as likelihood
+    from minivae.kernels.importance_weights import cuda_c as iwae
     from minivae.kernels.latent import cuda_c as latent
-    from minivae.kernels.likelihood import cuda_c as likelihood
     from minivae.kernels.linear import cuda_c as linear
-    from minivae.kernels.optim import cuda_c as optim
 
     # The launchers take row-strided matrices for the linear and latent ops (mu and logvar are read
     # as the halves of h, dh written as two halves) and C-contiguous arrays elsewhere: dz, sliced

@@ -1,7 +1,7 @@
 """The ``numba-cuda`` backend: minivae's costly ops as Numba CUDA kernels, and what they share.
 
-The kernels live beside their CUDA C twins, one folder per op family (``linear/nb_cuda.py``,
-``latent/nb_cuda.py``, ``likelihood/nb_cuda.py``, ``optim/nb_cuda.py``); this module holds the
+The kernels live beside their CUDA C twins, one folder per op family (``linear/numba_cuda.py``,
+``latent/numba_cuda.py``, ``bernoulli/numba_cuda.py``, ``adam/numba_cuda.py``); this module holds the
 host-side rules every one of their launchers follows, the block reduction they share, and
 ``backend()``, which maps ``minivae.backends``' table onto them.
 
@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from minivae.kernels import _cuda
+from minivae.kernels.wiring import cuda_load
 
 # What numba.cuda *is* (the simulator's module or the real one), not what the environment says
 # now: the choice is made at import and cannot change afterwards.
 SIMULATED = cuda.jit.__module__.startswith("numba.cuda.simulator")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-MAX_BLOCK_THREADS = _cuda.MAX_BLOCK_THREADS
-MAX_GRID_X = _cuda.MAX_GRID_X
+MAX_BLOCK_THREADS = cuda_load.MAX_BLOCK_THREADS
+MAX_GRID_X = cuda_load.MAX_GRID_X
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
 
 
@@ -81,17 +81,17 @@ def check_array(name: str, a: Any, shape: Sequence[int | None], dtype: Any = Non
 def check_dims(**dims: int) -> None:
     """Every size of a launch at least 1 (an empty grid is a launch error) and below 2**31."""
     for name, n in dims.items():
-        _cuda.check_int(name, n, 1, 2**31)
+        cuda_load.check_int(name, n, 1, 2**31)
 
 
 def check_block(name: str, block: int) -> int:
     """A 1-D block: 1..1024 threads. The shared-memory reduction below takes any count."""
-    return _cuda.check_block(name, block, whole_warps=False)
+    return cuda_load.check_block(name, block, whole_warps=False)
 
 
 def check_grid(name: str, grid: int | None, default: int) -> int:
     """A 1-D grid: ``default`` (capped at CUDA's limit) unless given; grid-stride kernels take any."""
-    return _cuda.check_grid(name, grid, default)
+    return cuda_load.check_grid(name, grid, default)
 
 
 @functools.cache
@@ -163,11 +163,11 @@ def block_sum(v, scratch):
 def backend():
     """The ``numba-cuda`` Backend (see the module docstring for where it runs)."""
     from minivae.backends import Backend
-    from minivae.kernels.iwae import nb_cuda as iwae
-    from minivae.kernels.latent import nb_cuda as latent
-    from minivae.kernels.likelihood import nb_cuda as likelihood
-    from minivae.kernels.linear import nb_cuda as linear
-    from minivae.kernels.optim import nb_cuda as optim
+    from minivae.kernels.adam import numba_cuda as optim
+    from minivae.kernels.bernoulli import numba_cuda as likelihood
+    from minivae.kernels.importance_weights import numba_cuda as iwae
+    from minivae.kernels.latent import numba_cuda as latent
+    from minivae.kernels.linear import numba_cuda as linear
 
     if not SIMULATED and not cuda.is_available():
         raise ImportError("no CUDA GPU: numba.cuda finds no device (set NUMBA_ENABLE_CUDASIM=1 before "

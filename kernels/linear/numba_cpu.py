@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
 from minivae.kernels.common.vecmath import expm1, softplus_sigmoid
 from minivae.kernels.linear import ACT_CODES, ELU_ALPHA, LEAKY_RELU_SLOPE, act_code
+from minivae.kernels.wiring import numba_threads  # noqa: F401  (before any parallel kernel runs)
 
 # The kernels branch on the activation's code (module globals are compile-time constants to Numba).
 NONE, RELU, LEAKY_RELU, ELU = ACT_CODES[None], ACT_CODES["relu"], ACT_CODES["leaky_relu"], ACT_CODES["elu"]
 TANH, SIGMOID, SOFTPLUS = ACT_CODES["tanh"], ACT_CODES["sigmoid"], ACT_CODES["softplus"]
 # Below this many elements a pass runs on one thread: waking the thread pool (10-185 us on 2 cores,
-# common/numba_threads.py) costs more than it saves (measured: a 128 x 784 relu backward pass takes
+# wiring/numba_threads.py) costs more than it saves (measured: a 128 x 784 relu backward pass takes
 # ~60 us serial; the training step at batch 128 ran 5.1 -> 4.6 ms with every such pass serial).
 PARALLEL_MIN_ELEMENTS = 1 << 20
 # The backward splits the columns into blocks, one task each, so that every column's db sum stays

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from numba import cuda, from_dtype
 
-from minivae.kernels import numba_cuda as nbc
 from minivae.kernels.linear import ACT_CODES, ELU_ALPHA, LEAKY_RELU_SLOPE, act_code
+from minivae.kernels.wiring import numba_cuda as nbc
 
 # The kernels take the activation as an int; one compiled kernel serves all seven.
 ACT_NONE, ACT_RELU, ACT_LEAKY_RELU = ACT_CODES[None], ACT_CODES["relu"], ACT_CODES["leaky_relu"]

@@ -1,7 +1,7 @@
 """The latent step of a VAE in Numba CUDA: reparameterized samples and the KL term, fused.
 
 Reference: ``minivae.latent.latent_forward/latent_backward`` (reparameterize_*, kl_*); derivations in
-docs/derivations.md, "Reparameterization" and "KL term". The CUDA C twin is ``latent.cu``.
+docs/derivations.md, "Reparameterization" and "KL term". The CUDA C twin is ``cuda_c.cu``.
 
 h = [mu | logvar] (N, 2d) is the encoder's head, read in place (no split). The noise is either given
 (eps, (L, N, d)) or drawn in the kernel from the Philox stream ``key = (seed, offset)``: element e of
@@ -19,9 +19,9 @@ import numpy as np
 from numba import cuda, from_dtype
 
 from minivae import _checks, philox
-from minivae.kernels import _cuda
-from minivae.kernels import numba_cuda as nbc
 from minivae.kernels.common import philox_numba
+from minivae.kernels.wiring import cuda_load
+from minivae.kernels.wiring import numba_cuda as nbc
 
 # One block per example row. Latent widths are small (20 by default, rarely above a few dozen), so a
 # single warp covers a row in one or two passes; a wider block would mostly idle at the reduction.
@@ -124,7 +124,7 @@ def forward(h: Any, samples: int, *, eps: Any = None, key: tuple[int, int] | Non
     ((L, N, d), h's dtype) and key ((seed, offset): eps drawn in the kernel).
     """
     h, n, d = _check_head(h)
-    samples = _cuda.check_int("samples", samples, 1, 2**31)
+    samples = cuda_load.check_int("samples", samples, 1, 2**31)
     shape = (samples, n, d)
     noise = _noise_args(eps, key, shape, h.dtype)
     block = nbc.check_block("block", block)

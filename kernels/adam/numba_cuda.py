@@ -1,7 +1,7 @@
 """One Adam / AdamW step in Numba CUDA: a single pass over param, grad, exp_avg and exp_avg_sq.
 
 Reference: ``minivae.optim.Adam._update`` (PyTorch's single-tensor rule, op for op); the CUDA C twin
-is ``adam.cu``. The host computes every step-dependent scalar in double precision, as PyTorch does,
+is ``cuda_c.cu``. The host computes every step-dependent scalar in double precision, as PyTorch does,
 and hands it to the kernel rounded to the arrays' dtype.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from minivae.kernels import _cuda
-from minivae.kernels import numba_cuda as nbc
-from minivae.kernels.optim import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
+from minivae.kernels.adam import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
+from minivae.kernels.wiring import cuda_load
+from minivae.kernels.wiring import numba_cuda as nbc
 
 # Elementwise and memory-bound (4 loads, 3 stores per entry): 8 warps per block keeps enough loads
 # in flight per block while leaving room for several blocks per SM.
@@ -60,7 +60,7 @@ def adam_step(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, *, step: int
     nbc.check_array("grad", grad, param.shape, param.dtype)
     nbc.check_array("exp_avg", exp_avg, param.shape, param.dtype, writeable=True)
     nbc.check_array("exp_avg_sq", exp_avg_sq, param.shape, param.dtype, writeable=True)
-    step = _cuda.check_int("step", step, 1, 2**63)
+    step = cuda_load.check_int("step", step, 1, 2**63)
     try:
         beta1, beta2 = betas
     except (TypeError, ValueError):

@@ -1,4 +1,4 @@
-"""Run a CUDA C ``.cu`` file on the CPU: compile it unchanged as C++20 with ``common/cuda_emu.h``
+"""Run a CUDA C ``.cu`` file on the CPU: compile it unchanged as C++20 with ``wiring/cuda_emu.h``
 (see that header for how blocks, barriers, shared memory and warp intrinsics are emulated).
 
 Two products:
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from minivae.kernels._cuda import COMMON_DIR, kernel_signatures
+from minivae.kernels.wiring.cuda_load import COMMON_DIR, kernel_signatures
 
-HEADER = COMMON_DIR / "cuda_emu.h"
+HEADER = Path(__file__).resolve().with_name("cuda_emu.h")
 CXX = os.environ.get("CXX", "g++")
 # -O1: fast enough to run and to build (the emulator's cost is threads and barriers, not code);
 # -g keeps sanitizer reports readable. #pragma unroll is CUDA's, unknown to g++.
@@ -76,7 +76,8 @@ def cache_dir() -> Path:
 def _build(sources: Sequence[Path], main_text: str, flags: Sequence[str], name: str) -> Path:
     """Compile ``main_text`` (which includes ``sources``) with ``flags`` into the cache as ``name``."""
     dirs = {COMMON_DIR, *(s.parent for s in sources)}
-    deps = sorted({*sources, *(p for d in dirs for pattern in ("*.h", "*.cuh") for p in d.glob(pattern))})
+    headers = (p for d in dirs for pattern in ("*.h", "*.cuh") for p in d.glob(pattern))
+    deps = sorted({HEADER, *sources, *headers})
     h = hashlib.sha256()
     for part in (_compiler_version(), "\0".join(flags), main_text, *(f"{p}\0{p.read_text()}" for p in deps)):
         h.update(part.encode())
@@ -143,7 +144,7 @@ def sanitizer_works(sanitize: str) -> str | None:
 class EmulatedModule:
     """The kernels of one ``.cu`` file, compiled for the emulator and loaded with ctypes; called as
     ``get_function(name)(grid, block, args)`` with 3-tuples and NumPy arrays / scalars that
-    ``_cuda.check_args`` has already checked against the signature."""
+    ``cuda_load.check_args`` has already checked against the signature."""
 
     def __init__(self, source: str | Path, defines: Sequence[str] = ()):
         self.path = Path(source).resolve()

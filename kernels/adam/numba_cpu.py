@@ -17,11 +17,11 @@ import numpy as np
 from numba import njit, prange
 
 from minivae._checks import is_int
-from minivae.kernels.common import numba_threads  # noqa: F401  (before any parallel kernel runs)
-from minivae.kernels.optim import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
+from minivae.kernels.adam import WEIGHT_DECAY_DECOUPLED, WEIGHT_DECAY_L2, check_hyperparameters, step_scalars
+from minivae.kernels.wiring import numba_threads  # noqa: F401  (before any parallel kernel runs)
 
 # Entries at which the update is shared between threads; smaller arrays run on one thread, where
-# waking the pool (10-185 us on 2 cores, common/numba_threads.py) would cost more than it saves
+# waking the pool (10-185 us on 2 cores, wiring/numba_threads.py) would cost more than it saves
 # (measured on 2 cores: 313,600 float32 entries take 0.15 ms serial, 0.31 ms on two threads).
 PARALLEL_MIN_ELEMENTS = 1 << 20
 

@@ -1,6 +1,6 @@
 """Host side of minivae's CUDA C kernels, shared by both ways of running a ``.cu`` file.
 
-* ``backend="emulate"``: the CPU emulator (``_emulate.py`` with ``common/cuda_emu.h``), NumPy arrays.
+* ``backend="emulate"``: the CPU emulator (``emulate.py`` with ``wiring/cuda_emu.h``), NumPy arrays.
   This is what CI runs.
 * ``backend="cupy"``: ``cupy.RawModule`` on a GPU, CuPy arrays (the GPU is the final word), compiled
   with ``compile_options``, whose last option carries a hash of the source and every header it
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-KERNELS_DIR = Path(__file__).resolve().parent
+KERNELS_DIR = Path(__file__).resolve().parent.parent
 COMMON_DIR = KERNELS_DIR / "common"
 BACKENDS = ("emulate", "cupy")
 
@@ -166,9 +166,9 @@ def load(source_path: str | Path, backend: str = "emulate") -> CheckedModule:
     key = (str(path), backend)
     if key not in _MODULES:
         if backend == "emulate":
-            from minivae.kernels import _emulate
+            from minivae.kernels.wiring import emulate
 
-            _MODULES[key] = CheckedModule(path, _emulate.EmulatedModule(path), np.ndarray)
+            _MODULES[key] = CheckedModule(path, emulate.EmulatedModule(path), np.ndarray)
         else:
             import cupy
 

@@ -1,6 +1,6 @@
 """The importance weights in Numba CUDA: per example, the K-sample bound (a log-mean-exp of its K
 log-weights) and their softmax. Reference: ``minivae.iwae.importance_weights``; the CUDA C twin is
-``iwae.cu``, with the same layout and the same rung 1 (one thread per example).
+``cuda_c.cu``, with the same layout and the same rung 1 (one thread per example).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from minivae.kernels import numba_cuda as nbc
+from minivae.kernels.wiring import numba_cuda as nbc
 
-# One thread per example, elementwise over N: 8 warps per block, as iwae.cu.
+# One thread per example, elementwise over N: 8 warps per block, as cuda_c.cu.
 BLOCK = 256
 
 

@@ -1,7 +1,7 @@
 """The Bernoulli likelihood on logits in Numba CUDA: per-example log-likelihood and its gradient in
 one pass. Reference: ``minivae.likelihoods.bernoulli`` (the numpy backend's op: ``Bernoulli``'s
 forward, then backward); derivation in docs/derivations.md, "Likelihoods". The CUDA C twin is
-``bernoulli.cu``.
+``cuda_c.cu``.
 
     logp[n]      = sum_j x_nj l_nj - softplus(l_nj)
     dlogits[n,j] = dlogp (x_nj - sigmoid(l_nj))
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numba import cuda, from_dtype
 
-from minivae.kernels import numba_cuda as nbc
+from minivae.kernels.wiring import numba_cuda as nbc
 
 # One block per example row; rows are images (64 to a few thousand pixels), so 4 warps stride a row
 # in a handful of passes while the row's sum stays one block reduction.

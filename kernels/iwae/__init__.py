@@ -1,4 +1,0 @@
-"""The importance-weighted bound's op (reference: ``minivae.iwae.importance_weights``): per example,
-the log-mean-exp of K log-weights and their softmax. Numba CPU in ``cpu.py``, Numba CUDA in
-``nb_cuda.py``, CUDA C in ``iwae.cu`` (launched by ``cuda_c.py`` through CuPy, or on the CPU through
-the emulator)."""
