@@ -11,6 +11,13 @@ minimum per step and the ratio of medians measured in the same run. The float32 
 the best of a 2048^3 matmul sampled at the start and once in every round, beside the steps, and
 the step's FLOP count (the GEMMs; elementwise work is not counted) gives the share of that peak
 the step reaches.
+
+The GEMM floor: the step's own eleven GEMMs (four forward, four dW, three dx; the data needs no
+gradient) at the step's shapes and operand layouts, timed alone through the vendor BLAS into
+preallocated outputs, as one more implementation of the interleaved rounds. No step that computes
+those GEMMs with that BLAS can be faster, so each CPU implementation's time is also reported as a
+multiple of it: what the multiple says above 1 is everything that is not GEMM (elementwise passes,
+the optimiser, allocation, Python and dispatch, thread wake-ups).
 """
 
 from __future__ import annotations
@@ -38,6 +45,42 @@ def step_flops(batch: int, x_dim: int = X_DIM, hidden: int = HIDDEN, z_dim: int 
     fwd = sum(2 * batch * a * b for a, b in layers)
     dx = sum(2 * batch * a * b for a, b in layers[1:])
     return 2 * fwd + dx
+
+
+def step_gemms(batch: int, x_dim: int = X_DIM, hidden: int = HIDDEN,
+               z_dim: int = Z_DIM) -> list[tuple[str, tuple[int, int], tuple[int, int], bool, bool]]:
+    """The GEMMs of one training step of the x-h-z model, as (name, A shape, B shape, A transposed,
+    B transposed) with C = op(A) op(B), in the layouts the step runs them: forward ``x W^T`` (W is
+    (out, in), PyTorch's layout), backward ``dW = G^T x`` and ``dx = G W``, no dx for the first
+    layer."""
+    layers = [("enc.0", x_dim, hidden), ("enc.1", hidden, 2 * z_dim), ("dec.0", z_dim, hidden),
+              ("dec.1", hidden, x_dim)]
+    out = [(f"{n} forward", (batch, d_in), (d_out, d_in), False, True) for n, d_in, d_out in layers]
+    for i, (n, d_in, d_out) in reversed(list(enumerate(layers))):
+        out.append((f"{n} dW", (batch, d_out), (batch, d_in), True, False))
+        if i > 0:
+            out.append((f"{n} dx", (batch, d_out), (d_out, d_in), False, False))
+    return out
+
+
+def gemm_floor_step(batch: int, seed: int = 0) -> Callable[[int], float]:
+    """The step's GEMMs alone (``step_gemms``), float32, through NumPy's BLAS into preallocated
+    outputs: the time no implementation of the step on this BLAS can beat."""
+    rng = np.random.default_rng(seed)
+    calls = []
+    for _, a_shape, b_shape, ta, tb in step_gemms(batch):
+        a = rng.standard_normal(a_shape, dtype=np.float32)
+        b = rng.standard_normal(b_shape, dtype=np.float32)
+        a, b = (a.T if ta else a), (b.T if tb else b)  # views, as the step hands the BLAS
+        calls.append((a, b, np.empty((a.shape[0], b.shape[1]), np.float32)))
+
+    def step(i: int) -> float:
+        for a, b, c in calls:
+            np.matmul(a, b, out=c)
+        return 0.0
+
+    step.calls = calls  # (A, B, C) of every product, for a reader (and a test) to check
+    return step
 
 
 def matmul_sampler(n: int = 2048) -> Callable[[], float]:
@@ -293,7 +336,8 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
     gpu_peak = _gpu_matmul_peak() if on_gpu or _torch_cuda() else None
     out: dict = {"matmul_peak_gflops": peak, "gpu_matmul_peak_gflops": gpu_peak, **threads, "results": []}
     for batch in batches:
-        impls = {f"minivae-{name}": minivae_step(batch, backend=name) for name in ok}
+        impls = {"gemm-floor": gemm_floor_step(batch)}
+        impls.update({f"minivae-{name}": minivae_step(batch, backend=name) for name in ok})
         for device in ("cpu", "cuda"):
             for variant in torch_variants:
                 t = torch_step(batch, variant=variant, device=device)
@@ -333,7 +377,11 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
                 "examples_per_s": batch / med, "gflops": flops / med / 1e9,
                 "page_faults_per_step": statistics.median(faults[name]),
             })
-        for peer in ("torch-eager", "jax-jit", "torch-eager-cuda"):
+        floor = statistics.median(times["gemm-floor"])
+        for row in out["results"]:
+            if row["batch"] == batch and row.get("device") == "cpu" and "median_ms" in row:
+                row["x_gemm_floor"] = row["median_ms"] / 1e3 / floor
+        for peer in ("torch-eager", "torch-fused-adam", "jax-jit", "torch-eager-cuda"):
             for name in impls:
                 same_device = (name in on_gpu) == (peer in on_gpu)
                 if name.startswith("minivae-") and peer in impls and same_device:
@@ -341,10 +389,36 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
                         "batch": batch, "impl": f"ratio {name} / {peer} (median throughput)",
                         "ratio": statistics.median(times[peer]) / statistics.median(times[name]),
                     })
+    out["goals"] = goals(out)
     out["matmul_peak_gflops"] = peak  # the best sample of the whole run
     for row in out["results"]:
         if "gflops" in row:  # a device's step against its own peak
             row["share_of_peak"] = row["gflops"] / (gpu_peak if row["device"] == "gpu" else peak)
+    return out
+
+
+# What the numba backend's step aims for, at every batch size: (what, limit, how the value compares)
+GOALS = (("minivae-numba step / GEMM floor", 1.15, "<="),
+         ("minivae-numba throughput / jax-jit", 1.4, ">="),
+         ("minivae-numba throughput / torch-fused-adam", 1.2, ">="))
+
+
+def goals(res: dict) -> list[dict]:
+    """Each goal of GOALS at each batch size of ``res``: the value measured in this run, and whether
+    it is met (None where an implementation it needs did not run)."""
+    rows = res["results"]
+    out = []
+    for batch in sorted({r["batch"] for r in rows}):
+        timed = {r["impl"]: r for r in rows if r["batch"] == batch and "median_ms" in r}
+        numba = timed.get("minivae-numba")
+        for what, limit, sense in GOALS:
+            value = None
+            if numba is not None and what.endswith("GEMM floor"):
+                value = numba.get("x_gemm_floor")
+            elif numba is not None and what.split(" / ")[1] in timed:
+                value = timed[what.split(" / ")[1]]["median_ms"] / numba["median_ms"]
+            met = None if value is None else (value <= limit if sense == "<=" else value >= limit)
+            out.append({"batch": batch, "goal": f"{what} {sense} {limit}", "value": value, "met": met})
     return out
 
 
@@ -354,15 +428,22 @@ def table(res: dict) -> str:
              + (f" (CPU), {gpu:.0f} GFLOP/s (GPU, cuBLAS SGEMM, GPU rows' share)" if gpu else "") + "; "
              f"threads: BLAS {res.get('blas_threads')}, torch {res['torch_threads']}, "
              f"numba {res.get('numba_threads')} ({res.get('numba_threading_layer')} layer)", "",
-             "| batch | implementation | median ms/step | min ms/step | examples/s | GFLOP/s "
-             "| share of peak | page faults/step |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| batch | implementation | median ms/step | min ms/step | x GEMM floor | examples/s "
+             "| GFLOP/s | share of peak | page faults/step |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["results"]:
         if "ratio" in r:
-            lines.append(f"| {r['batch']} | **{r['impl']}** | | | **{r['ratio']:.2f}x** | | | |")
+            lines.append(f"| {r['batch']} | **{r['impl']}** | | | | **{r['ratio']:.2f}x** | | | |")
         else:
+            floor = f"{r['x_gemm_floor']:.2f}x" if "x_gemm_floor" in r else ""
             lines.append(
-                f"| {r['batch']} | {r['impl']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
+                f"| {r['batch']} | {r['impl']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | {floor} | "
                 f"{r['examples_per_s']:.0f} | {r['gflops']:.1f} | {100 * r['share_of_peak']:.0f}% "
                 f"| {r['page_faults_per_step']:.0f} |")
+    if res.get("goals"):
+        lines += ["", "| batch | goal | measured | met |", "|---:|---|---:|---|"]
+        for g in res["goals"]:
+            value = "not run" if g["value"] is None else f"{g['value']:.2f}"
+            met = "-" if g["met"] is None else ("yes" if g["met"] else "no")
+            lines.append(f"| {g['batch']} | {g['goal']} | {value} | {met} |")
     return "\n".join(lines)

@@ -31,6 +31,11 @@ The ops (``xp`` is the backend's array module; N examples, d latent dimensions, 
     optional: one Adam (or, ``decoupled``, AdamW) step in place, one pass over parameter, gradient
     and both moments; ``minivae.optim.Adam`` calls it when the backend has one (the backend's
     optimiser tests step ``optim.Adam`` through it).
+
+``adam_many(params, grads, exp_avgs, exp_avg_sqs, *, lr, ...) -> None``
+    optional: ``adam`` over sequences of tensors (the i-th of each belong together) in one call,
+    bit for bit the same; ``optim.Adam`` prefers it (one call and one thread-pool wake-up per step
+    instead of one per parameter).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Backend:
     bernoulli: Callable
     importance_weights: Callable = importance_weights
     adam: Callable | None = None
+    adam_many: Callable | None = None
     on_gpu: bool = False
 
     def asarray(self, a, dtype=None):

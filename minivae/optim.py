@@ -382,8 +382,10 @@ class Adam(Optimizer):
         self._eps = non_negative_float("eps", eps)
         self._weight_decay = non_negative_float("weight_decay", weight_decay)
         super().__init__(params, lr, backend)
-        # one fused pass per parameter when the backend has a kernel (minivae.backends)
+        # one fused pass per parameter when the backend has a kernel, or one call for all of them
+        # (minivae.backends)
         self._kernel = getattr(backend, "adam", None)
+        self._kernel_many = getattr(backend, "adam_many", None)
 
     betas = property(lambda self: self._betas, doc="(beta1, beta2) (read-only).")
     eps = property(lambda self: self._eps, doc="Term added to the denominator (read-only).")
@@ -407,7 +409,14 @@ class Adam(Optimizer):
         small_weight = abs(weight) < 0.5
         decay = 1 - lr * wd
         exp_avgs, exp_avg_sqs = self._state["exp_avg"], self._state["exp_avg_sq"]
-        if self._kernel is not None:  # the fast path: one fused pass per parameter (kernels/)
+        if self._kernel_many is not None:  # the fast path: one call, every parameter (kernels/)
+            keys = list(self._params)
+            self._kernel_many([self._params[k] for k in keys], [grads[k] for k in keys],
+                              [exp_avgs[k] for k in keys], [exp_avg_sqs[k] for k in keys], lr=lr,
+                              beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                              decoupled=self._decoupled, step=t)
+            return
+        if self._kernel is not None:  # one fused pass per parameter (kernels/)
             for key, p in self._params.items():
                 self._kernel(p, grads[key], exp_avgs[key], exp_avg_sqs[key], lr=lr, beta1=beta1,
                              beta2=beta2, eps=eps, weight_decay=wd, decoupled=self._decoupled,

@@ -58,7 +58,7 @@ def test_train_step_benchmark_reports_every_implementation(tmp_path):
     if importlib.util.find_spec("numba") is not None:
         assert "minivae-numba" in impls
         # the benchmark starts Numba's pool itself: it must start it on minivae's layer
-        assert res["numba_threading_layer"] == "workqueue"
+        assert res["numba_threading_layer"] == _minivaes_layer()
         if importlib.util.find_spec("torch") is not None:
             assert res["torch_threads"] == res["blas_threads"] == res["numba_threads"]
 
@@ -85,3 +85,50 @@ def test_compare_without_torch_says_so_first_and_runs_minivae_alone(monkeypatch,
     out, err = capsys.readouterr()
     assert err.splitlines()[0].startswith("PyTorch is not installed") and "Traceback" not in err
     assert "| minivae |" in out and "not installed" in out
+
+
+def _minivaes_layer() -> str:
+    """The layer kernels/wiring/numba_threads.py asks for: OpenMP where Numba can load it."""
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401  (loading the module starts no pool)
+    except ImportError:
+        return "workqueue"
+    return "omp"
+
+
+def test_the_gemm_floor_is_the_steps_own_eleven_gemms():
+    """Four forward, four dW and three dx products (the data needs no gradient), whose FLOPs are the
+    step's; and the floor computes them: each output is the product of its operands."""
+    from bench import train_step as t
+
+    gemms = t.step_gemms(128)
+    assert len(gemms) == 11 and sum(" dx" in g[0] for g in gemms) == 3
+    flops = 0
+    for _, a, b, ta, tb in gemms:
+        m, k = a[::-1] if ta else a
+        k2, n = b[::-1] if tb else b
+        assert k == k2
+        flops += 2 * m * n * k
+    assert flops == t.step_flops(128)
+    step = t.gemm_floor_step(7)
+    step(0)
+    assert len(step.calls) == 11
+    for a, b, c in step.calls:
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=1e-3)
+
+
+def test_goals_are_judged_from_the_runs_own_rows():
+    from bench import train_step as t
+
+    rows = [{"batch": 8, "impl": "minivae-numba", "median_ms": 2.0, "x_gemm_floor": 1.1},
+            {"batch": 8, "impl": "jax-jit", "median_ms": 2.5},
+            {"batch": 8, "impl": "torch-fused-adam", "median_ms": 3.0}]
+    got = {g["goal"].split(" >=")[0].split(" <=")[0]: (g["value"], g["met"])
+           for g in t.goals({"results": rows})}
+    assert got["minivae-numba step / GEMM floor"] == (1.1, True)
+    assert got["minivae-numba throughput / jax-jit"] == (1.25, False)
+    assert got["minivae-numba throughput / torch-fused-adam"] == (1.5, True)
+    missing = t.goals({"results": rows[:1]})
+    assert [g["met"] for g in missing] == [True, None, None]
+    assert "| 8 | minivae-numba throughput / jax-jit >= 1.4 | not run | - |" in t.table(
+        {"matmul_peak_gflops": 1.0, "torch_threads": None, "results": [], "goals": missing})

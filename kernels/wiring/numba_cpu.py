@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivae.backends import Backend
-from minivae.kernels.adam.numba_cpu import adam
+from minivae.kernels.adam.numba_cpu import adam, adam_many
 from minivae.kernels.bernoulli.numba_cpu import bernoulli
 from minivae.kernels.importance_weights.numba_cpu import importance_weights
 from minivae.kernels.latent.numba_cpu import latent_backward, latent_forward
@@ -21,4 +21,5 @@ from minivae.kernels.linear.numba_cpu import linear_backward, linear_forward
 def backend() -> Backend:
     """The Numba CPU backend, named "numba"."""
     return Backend("numba", np, linear_forward, linear_backward, latent_forward, latent_backward,
-                   bernoulli, importance_weights=importance_weights, adam=adam)
+                   bernoulli, importance_weights=importance_weights, adam=adam,
+                   adam_many=adam_many)
