@@ -135,6 +135,66 @@ def minivae_step(batch: int, seed: int = 0, backend: str = "numpy") -> Callable[
     return step
 
 
+def step_breakdown(batch: int, backend: str = "numba", steps: int = 60, seed: int = 0) -> dict[str, float]:
+    """Where one minivae step's time goes: the median over ``steps`` steps of each part of
+    ``breakdown_rows`` (medians: the parts add up to the step's median only roughly)."""
+    rows = breakdown_rows(batch, backend, steps, seed)
+    return {name: statistics.median(r[name] for r in rows) for name in rows[0]}
+
+
+def breakdown_rows(batch: int, backend: str = "numba", steps: int = 60,
+                   seed: int = 0) -> list[dict[str, float]]:
+    """Per step, ms of each backend op (every call of it in the step summed; the linear ops include
+    their GEMMs), of the optimiser's step beyond its update kernel (the finite check of the
+    gradients, Python), of the rest of the step (the model's Python, dispatch, allocation: ``step``
+    less all of those), and of the whole ``step``. Each op is timed by a wrapper around the
+    backend's function, which adds about a microsecond per call."""
+    import dataclasses
+
+    spent: dict[str, float] = {}
+    be = backends.get_backend(backend)
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+            return out
+        return wrapper
+
+    ops = ("linear_forward", "linear_backward", "latent_forward", "latent_backward", "bernoulli",
+           "adam_many" if be.adam_many is not None else "adam")
+    wrapped = dataclasses.replace(be, **{op: timed(op, getattr(be, op)) for op in ops
+                                         if getattr(be, op) is not None})
+    rng = np.random.default_rng(seed)
+    model = VAE(X_DIM, Z_DIM, (HIDDEN,), rng=rng, backend=wrapped)
+    x = model._dev((rng.random((N_TRAIN, X_DIM)) < 0.3).astype(np.float32))
+    opt = Adam(model.params, lr=1e-3, backend=model.backend)
+    opt_step = timed("optimiser step", opt.step)
+    stream = philox.Stream(seed)
+    n_batches = N_TRAIN // batch
+    rows = []
+    for i in range(steps + 5):  # 5 of warm-up
+        spent.clear()
+        t = time.perf_counter()
+        k = i % n_batches
+        res = model.loss(x[k * batch:(k + 1) * batch], rng=stream, check=False)
+        opt_step(res.grads)
+        if be.on_gpu:
+            _device_sync()
+        total = time.perf_counter() - t
+        if i < 5:
+            continue
+        update = spent.get("adam_many", spent.get("adam", 0.0))
+        row = {**{op: spent.get(op, 0.0) for op in ops},
+               "optimiser: finite check and Python": spent["optimiser step"] - update,
+               "step": total}
+        parts = sum(row.values()) - total
+        row["rest: model Python, dispatch, allocation"] = total - parts
+        rows.append({name: v * 1e3 for name, v in row.items()})
+    return rows
+
+
 def torch_step(batch: int, seed: int = 0, variant: str = "eager",
                device: str = "cpu") -> Callable[[int], float] | None:
     """PyTorch on ``device`` ("cpu", or "cuda" for the GPU peer): "eager", "fused-adam" (Adam's
@@ -404,6 +464,8 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
                         "ratio": statistics.median(times[peer]) / statistics.median(times[name]),
                     })
     out["goals"] = goals(out)
+    if "numba" in ok:  # where the step's time goes, measured after the rounds on the same threads
+        out["breakdown"] = {str(b): step_breakdown(b, "numba", steps=rounds * steps) for b in batches}
     out["matmul_peak_gflops"] = peak  # the best sample of the whole run
     for row in out["results"]:
         if "gflops" in row:  # a device's step against its own peak
@@ -460,4 +522,17 @@ def table(res: dict) -> str:
             value = "not run" if g["value"] is None else f"{g['value']:.2f}"
             met = "-" if g["met"] is None else ("yes" if g["met"] else "no")
             lines.append(f"| {g['batch']} | {g['goal']} | {value} | {met} |")
+    if res.get("breakdown"):
+        batches = list(res["breakdown"])
+        floors = {str(r["batch"]): r["median_ms"] for r in res["results"] if r.get("impl") == "gemm-floor"}
+        lines += ["", "Where the numba backend's step goes (median ms per step, each op's calls summed; the "
+                  "linear ops include their GEMMs):", "",
+                  "| part | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                  "|---|" + "---:|" * len(batches)]
+        for part in res["breakdown"][batches[0]]:
+            cells = " | ".join(f"{res['breakdown'][b][part]:.3f}" for b in batches)
+            lines.append(f"| {part} | {cells} |")
+        if all(b in floors for b in batches):
+            lines.append("| GEMM floor (the step's GEMMs alone, from the rounds) | "
+                         + " | ".join(f"{floors[b]:.3f}" for b in batches) + " |")
     return "\n".join(lines)

@@ -133,3 +133,20 @@ def test_goals_are_judged_from_the_runs_own_rows():
     assert [g["met"] for g in missing] == [True, None, None]
     assert "| 8 | minivae-numba throughput / jax-jit >= 1.4 | not run | - |" in t.table(
         {"matmul_peak_gflops": 1.0, "torch_threads": None, "results": [], "goals": missing})
+
+
+def test_the_step_breakdown_accounts_for_the_whole_step():
+    """Every op of the numba step is timed, and the parts add up to the step (the rest is what no
+    op accounts for, so it is the step less the others, never negative beyond timer noise)."""
+    pytest.importorskip("numba")
+    from bench import train_step as t
+
+    rows = t.breakdown_rows(16, "numba", steps=3)
+    assert len(rows) == 3
+    for row in rows:
+        parts = {k: v for k, v in row.items() if k != "step"}
+        assert set(parts) >= {"linear_forward", "linear_backward", "latent_forward", "latent_backward",
+                              "bernoulli", "adam_many", "optimiser: finite check and Python"}
+        assert all(v > 0 for k, v in parts.items() if not k.startswith("rest"))
+        assert sum(parts.values()) == pytest.approx(row["step"], rel=1e-9)
+    assert set(t.step_breakdown(16, "numba", steps=2)) == set(rows[0])
