@@ -12,6 +12,7 @@ from minivae.layers import ACTIVATIONS
 
 # The forward's optimisation ladder, numbered the same in cuda_c.cu, cuda_c.py, numba_cuda.py, the
 # table of `python -m bench ladder --op linear` and the README: rung -> what it adds to the rung below.
+# cuda_c.cu's header and numba_cuda.py's rungs say it in these words (tests/test_kernels_linear.py).
 RUNGS = {
     1: "naive: one thread per output, its dot product read straight from global memory",
     2: "shared-memory tiles: each operand element loaded from global memory once per tile",

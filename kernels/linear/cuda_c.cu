@@ -16,17 +16,23 @@
 // alpha e^x = y + alpha for x <= 0; softplus: sigmoid(x) = 1 - e^-y = -expm1(-y), since e^y = 1 + e^x,
 // and its relative error is at most y's (y / (e^y - 1) <= 1), so the pre-activation is never kept.
 //
-// The forward is an optimisation ladder (kernels/linear/cuda_c.py dispatches on the version):
-//   1 naive          one thread per output, dot product straight from global memory
-//   2 smem tiles     16 x 16 tiles staged in shared memory: each global load is used 16 times
-//   3 1-D registers  each thread accumulates 8 outputs of a column: 8 FMAs per shared load of B
-//   4 2-D registers  8 x 8 outputs per thread, float4 global and shared loads (the production one)
-// Every rung ends in the same fused epilogue: add the bias, apply the activation, store y.
-// The backward has rung 1 (naive) and rung 4; rungs 2 and 3 would teach nothing the forward does not.
+// The forward is an optimisation ladder, its rungs numbered and named as in kernels/linear/__init__.py's
+// RUNGS (kernels/linear/cuda_c.py dispatches on the number; tests/test_kernels_linear.py holds this
+// list, RUNGS and kernels/linear/numba_cuda.py's rungs to the same words):
+//   1 naive: one thread per output, its dot product read straight from global memory
+//   2 shared-memory tiles: each operand element loaded from global memory once per tile
+//   3 1-D register tiles: a column of outputs per thread, one shared load feeds several FMAs
+//   4 2-D register tiles: a patch of outputs per thread, operands reused from registers both ways
+// Here rung 2 stages 16 x 16 tiles (each global load used 16 times), rung 3 gives a thread 8 outputs
+// of a column (8 FMAs per shared load of W), and rung 4, the production one, 8 x 8 outputs with
+// float4 global and shared loads and stores. Every rung ends in the same fused epilogue: add the
+// bias, apply the activation, store y. The backward has rung 1 (naive) and rung 4; rungs 2 and 3
+// would teach nothing the forward does not. The file reads: what every rung shares, the k-major
+// tile loaders of rungs 3 and 4, then the rungs from 1 to 4.
 #include "launch.cuh"
 
 // ---- activations -------------------------------------------------------------------------------
-// Codes as kernels/linear/__init__.py's ACT_CODES (tests/test_kernels_linear_cuda.py compares them).
+// Codes as kernels/linear/__init__.py's ACT_CODES (tests/test_kernels_linear.py compares them).
 constexpr int ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY_RELU = 2, ACT_ELU = 3, ACT_TANH = 4, ACT_SIGMOID = 5,
               ACT_SOFTPLUS = 6;
 // The backend table passes only the activation's name, so its parameter is minivae.layers' default.

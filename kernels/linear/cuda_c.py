@@ -1,7 +1,7 @@
 """Launchers for ``cuda_c.cu``: the fused linear(+activation) op, forward and backward.
 
 Same results as ``minivae.layers.linear_act_forward`` / ``linear_act_backward`` (the numpy backend's
-op) to float32 GEMM tolerances (see tests/test_kernels_linear_cuda.py). ``version`` picks the rung
+op) to float32 GEMM tolerances (see tests/test_kernels_linear.py). ``version`` picks the rung
 of the optimisation ladder (``FORWARD`` and ``BACKWARD`` below; cuda_c.cu says what each adds); the
 default is the production rung, 4.
 
