@@ -46,6 +46,39 @@ extern "C" __global__ void hold(unsigned long long ns) {
     } while (now - start < ns);
 }
 """
+# exp and log throughput: every thread runs EXP_LOG_CHAINS independent chains x -> f(x) in registers (so the
+# latency of one evaluation hides behind the others), ROUNDS evaluations each, and stores the
+# results so that nothing is dropped. The maps keep their ranges (x -> e^-x: [0, 1]; x -> log(x + 2):
+# [0, 2]). FAST selects CUDA's fast-math intrinsics (__expf, __logf) instead of expf and logf.
+EXP_LOG_SOURCE = r"""
+#ifdef FAST
+#define EXP __expf
+#define LOG __logf
+#else
+#define EXP expf
+#define LOG logf
+#endif
+extern "C" __global__ void exp_probe(float* out, int rounds) {
+    float v[CHAINS];
+    for (int c = 0; c < CHAINS; ++c) v[c] = 0.1f * c + 1e-6f * threadIdx.x;
+    for (int r = 0; r < rounds; ++r)
+        for (int c = 0; c < CHAINS; ++c) v[c] = EXP(-v[c]);
+    float s = 0.0f;
+    for (int c = 0; c < CHAINS; ++c) s += v[c];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+}
+extern "C" __global__ void log_probe(float* out, int rounds) {
+    float v[CHAINS];
+    for (int c = 0; c < CHAINS; ++c) v[c] = 0.1f * c + 1e-6f * threadIdx.x;
+    for (int r = 0; r < rounds; ++r)
+        for (int c = 0; c < CHAINS; ++c) v[c] = LOG(v[c] + 2.0f);
+    float s = 0.0f;
+    for (int c = 0; c < CHAINS; ++c) s += v[c];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+}
+"""
+EXP_LOG_CHAINS, EXP_LOG_ROUNDS = 4, 1024
+EXP_LOG_BLOCK, EXP_LOG_BLOCKS_PER_SM = 256, 8  # 2048 threads per SM: a full SM on recent GPUs
 MIN_HOLD_S = 200e-6  # covers the events and one launch of even the slowest op with room to spare
 HOLD_SAFETY = 3.0  # hold = this times the enqueue time measured for the same calls
 HOLD_TRIES = 4  # a sample whose enqueue outlasted its hold is taken again, the hold doubled
@@ -170,3 +203,16 @@ class CupyDevice:
         src = cupy.ones(max(nbytes // 8, 1), cupy.float32)
         dst = cupy.empty_like(src)
         return lambda: cupy.copyto(dst, src)
+
+    def exp_log(self, func: str, fast: bool) -> tuple[Callable[[], object], float]:
+        """A kernel evaluating ``func`` ("exp" or "log") in float32 registers on every SM, and the
+        evaluations one call makes: expf / logf, or with ``fast`` the intrinsics __expf / __logf."""
+        cupy = self._cupy
+        options = (f"-DCHAINS={EXP_LOG_CHAINS}",) + (("-DFAST",) if fast else ())
+        module = cupy.RawModule(code=EXP_LOG_SOURCE, options=options)
+        kernel = module.get_function(f"{func}_probe")
+        sms = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["multiProcessorCount"]
+        blocks = sms * EXP_LOG_BLOCKS_PER_SM
+        out = cupy.empty(blocks * EXP_LOG_BLOCK, cupy.float32)
+        count = float(blocks * EXP_LOG_BLOCK * EXP_LOG_CHAINS * EXP_LOG_ROUNDS)
+        return lambda: kernel((blocks,), (EXP_LOG_BLOCK,), (out, cupy.int32(EXP_LOG_ROUNDS))), count

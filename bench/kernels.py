@@ -2,42 +2,60 @@
 
 For each op (linear forward and backward, the fused latent sampling + KL forward and backward, the
 Bernoulli likelihood, the importance weights of the K-sample bound, the Adam update) and each
-backend available here, the op is first validated against the NumPy reference, then timed (median
-and minimum after warm-up, backends interleaved round by round), then validated again: a run that
-fails validation is reported as failed, never as a speed. Napkin math turns times into GFLOP/s
-(GEMMs: 2 M N K per product) or GB/s (elementwise: bytes that must cross memory at least once), and
-into a share of the ceiling measured in the same run: the float32 matmul peak of the vendor BLAS
-(cuBLAS on a GPU) and the memory copy bandwidth.
+backend available here, the op is first validated against the NumPy reference, then timed, then
+validated again: a run that fails validation is reported as failed, never as a speed.
+
+How a CPU row is timed (``time_interleaved``): each callable is warmed up for ``WARMUP_S`` (and at
+least ``WARMUP_CALLS`` calls: caches, the BLAS's threads and the allocator in their steady state,
+whatever ran before), then timed in rounds, each round one sample of every backend *and of the
+ceilings' probes*, in an order rotated from round to round; a sample is as many back-to-back
+calls as fill ``SAMPLE_S``. A row reports the median and the spread of its samples (the fastest,
+the quartiles). Rows measured minutes apart can still differ by more than either spread: on a
+shared machine the load changes (two cores, and a two-thread GEMM runs ~1.5x slower while another
+process holds one of them). So when a call is timed a second time in one run (the scaling sweep
+repeats the linear rows; the production rung of a ladder is its backend's op), the two must agree
+(``agree``); if they do not, both instances are timed again side by side, interleaved, and both
+rows report that measurement.
+
+Napkin math turns times into GFLOP/s (GEMMs: 2 M N K per product) or GB/s (elementwise: bytes that
+must cross memory at least once), and each row gets floors from ceilings measured beside it, on
+its own working set (``bench/ceilings.py``): FLOPs / the BLAS's matmul rate, bytes / the faster of
+a copy and an in-place update of exactly those bytes, and exp + log evaluations (the count beside
+each op, ``exp_log_count``) / the fastest float32 exp and log here. The largest floor is the one
+that binds (the ``bound`` column); the share of the ceiling is that floor over the row's median.
+A row faster than its floor is marked and explained, never shown above 100% silently.
 
 On the CPU the ``numpy`` backend *is* the vendor-library way (BLAS GEMM, then separate NumPy passes
 for bias and activation), so the value of fusion is the ratio beside it. On a GPU the same NumPy
 reference functions run on CuPy arrays (cuBLAS, then separate elementwise kernels) as the
-``cupy-vendor`` row, and the CUDA C linear op's ladder (kernels/linear/cuda_c.cu's rungs 1-4 forward, 1 and 4
-backward) has rows of its own beside the production rung.
+``cupy-vendor`` row, and the CUDA C linear op's ladder (kernels/linear/cuda_c.cu's rungs 1-4
+forward, 1 and 4 backward) has rows of its own beside the production rung. ``python -m bench
+ladder`` shows every version of every op, rung by rung.
 
 GPU rows are timed by ``bench/gpu_timing.py``: many back-to-back calls between one pair of CUDA
 events, held behind a spin kernel until all are queued, the L2 flushed before every sample of every
 row; the host's dispatch time per call is measured beside it. Their ceilings are measured the same
-way: cuBLAS SGEMM, and a device copy of each op's own working set. Each row is handed to ``on_row``
-as soon as its case is done (``python -m bench kernels`` appends it to ``<name>.jsonl``), so a run
-cut short keeps every finished case.
+way: cuBLAS SGEMM, a device copy of each op's own working set, and exp / log in registers. Each row
+is handed to ``on_row`` as soon as its case is done (``python -m bench kernels`` appends it to
+``<name>.jsonl``), so a run cut short keeps every finished case.
 """
 
 from __future__ import annotations
 
+import math
 import resource
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench import gpu_timing
+from bench import ceilings, gpu_timing
 from minivae import backends as backends_mod
 from minivae.backends import NUMPY, Backend
 
 F32 = 4  # bytes
+FAMILIES = ("linear", "latent", "bernoulli", "importance_weights", "adam")  # the backend table's ops
 
 
 @dataclass
@@ -52,6 +70,41 @@ class Case:
     make: Callable[[Backend], Callable[[], tuple]]
     traffic: float = 0.0  # for a GEMM: the bytes it must move at least (operands in, result out)
     backends: tuple[str, ...] | None = None  # the only backends that run it (None: every one)
+    exps: float = 0.0  # exp evaluations it needs at least (exp_log_count)
+    logs: float = 0.0  # log evaluations it needs at least
+    call: str = ""  # the op whose call it times, when that is another case's op (a repeat)
+
+    @property
+    def same_call(self) -> str:
+        return self.call or self.op
+
+
+def family(op: str) -> str:
+    """The backend table's op a row belongs to (linear, latent, ...): one figure each."""
+    return next(f for f in FAMILIES if op.startswith(f))
+
+
+def exp_log_count(op: str, shape: tuple[int, ...]) -> tuple[float, float]:
+    """(exp, log) evaluations ``op`` needs at least on inputs of ``shape``: the fewest over its
+    versions (the NumPy reference and every kernel), read from their code; expm1 counts as an exp,
+    log1p as a log. Square roots and divisions are not counted."""
+    if op == "latent_forward":  # (N, d), one sample
+        n, d = shape
+        # exp(logvar / 2) and expm1(logvar) per element; eps's Box-Muller radius takes one log per
+        # pair of normals (minivae/philox.py; its sin and cos are not counted)
+        return 2.0 * n * d, 0.5 * n * d
+    if op == "latent_backward":  # (N, d)
+        n, d = shape
+        # expm1(logvar) of the KL's gradient; the reference keeps exp(logvar / 2) and eps from its
+        # forward (the GPU kernels evaluate both again)
+        return 1.0 * n * d, 0.0
+    if op == "bernoulli":  # (N, D): e = exp(-|l|), shared by softplus and sigmoid; log1p(e)
+        n, d = shape
+        return 1.0 * n * d, 1.0 * n * d
+    if op == "importance_weights":  # (K, N): exp(log w - max) per weight; log of each column's sum
+        k, n = shape
+        return 1.0 * k * n, 1.0 * n
+    return 0.0, 0.0  # the linear op with relu; Adam (a square root and a division per element)
 
 
 def _rand(xp, shape, rng, scale=1.0, dtype=np.float32):
@@ -65,6 +118,12 @@ def _make_linear_forward(m: int, k: int, n: int):
         return lambda: (be.linear_forward(x, W, b, "relu")[0],)
 
     return make
+
+
+def _counts(op: str, shape: tuple[int, ...]) -> dict[str, float]:
+    """A Case's exps and logs (``exp_log_count``)."""
+    exps, logs = exp_log_count(op, shape)
+    return {"exps": exps, "logs": logs}
 
 
 def linear_cases(sizes) -> list[Case]:
@@ -109,7 +168,8 @@ def ladder_cases(sizes) -> list[Case]:
                 return lambda: (cuda_c.forward(x, W, b, "relu", version=v, backend=where),)
 
             out.append(Case(f"linear_forward (relu) rung {v}", f"{m}x{k}->{n}", 2 * m * n * k, "flops",
-                            make_fwd, F32 * (m * k + n * k + n + m * n), backends=("cupy",)))
+                            make_fwd, F32 * (m * k + n * k + n + m * n), backends=("cupy",),
+                            call="linear_forward (relu)" if v == cuda_c.PRODUCTION else ""))
         for v in cuda_c.BACKWARD:
             def make_bwd(be, v=v, inputs=inputs):
                 x, W, b, dy, where = inputs(be)
@@ -120,20 +180,22 @@ def ladder_cases(sizes) -> list[Case]:
                 return lambda: cuda_c.backward(dy, x, W, y, "relu", version=v, backend=where)
 
             out.append(Case(f"linear_backward (relu) rung {v}", f"{m}x{k}->{n}", 4 * m * n * k, "flops",
-                            make_bwd, F32 * (2 * m * n + 2 * m * k + 2 * n * k + n), backends=("cupy",)))
+                            make_bwd, F32 * (2 * m * n + 2 * m * k + 2 * n * k + n), backends=("cupy",),
+                            call="linear_backward (relu)" if v == cuda_c.PRODUCTION else ""))
     return out
 
 
 def scaling_cases(quick: bool) -> list[Case]:
     """How the fused linear forward's cost grows: with the batch at the VAE's 784 -> 400, and with
     the width (square layers) at batch 128. Each row says whether the roofline puts it on the
-    compute or on the memory side, so the sweep shows where each backend turns compute-bound."""
+    compute or on the memory side, so the sweep shows where each backend turns compute-bound. A
+    size the linear cases time too is the same call, timed again (``agree``)."""
     batches = [1, 32, 128, 1024] if quick else [1, 8, 32, 128, 512, 2048, 8192]
     widths = [64, 256, 1024] if quick else [16, 64, 256, 1024, 4096]
     shapes = ([("linear_forward vs batch (784->400)", m, 784, 400) for m in batches]
               + [("linear_forward vs width (batch 128)", 128, w, w) for w in widths])
     return [Case(op, f"{m}x{k}->{n}", 2 * m * n * k, "flops", _make_linear_forward(m, k, n),
-                 F32 * (m * k + n * k + n + m * n)) for op, m, k, n in shapes]
+                 F32 * (m * k + n * k + n + m * n), call="linear_forward (relu)") for op, m, k, n in shapes]
 
 
 def latent_cases(sizes) -> list[Case]:
@@ -151,8 +213,10 @@ def latent_cases(sizes) -> list[Case]:
             return lambda: (be.latent_backward(dz, 0.01, cache),)
 
         # forward reads [mu|logvar], writes z and kl; backward reads dz and [mu|logvar], writes dh
-        out.append(Case("latent_forward", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make_fwd))
-        out.append(Case("latent_backward", f"{n}x{d}", F32 * 5 * n * d, "bytes", make_bwd))
+        out.append(Case("latent_forward", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make_fwd,
+                        **_counts("latent_forward", (n, d))))
+        out.append(Case("latent_backward", f"{n}x{d}", F32 * 5 * n * d, "bytes", make_bwd,
+                        **_counts("latent_backward", (n, d))))
     return out
 
 
@@ -165,7 +229,8 @@ def bernoulli_cases(sizes) -> list[Case]:
             logits = _rand(be.xp, (n, d), rng, 3.0)
             return lambda: be.bernoulli(x, logits, -1.0 / n)
 
-        out.append(Case("bernoulli", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make))
+        out.append(Case("bernoulli", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make,
+                        **_counts("bernoulli", (n, d))))
     return out
 
 
@@ -179,7 +244,8 @@ def iwae_cases(sizes) -> list[Case]:
             return lambda: be.importance_weights(log_w)
 
         # reads log_w, writes the weights and the bound
-        out.append(Case("importance_weights", f"{k}x{n}", F32 * (2 * k * n + n), "bytes", make))
+        out.append(Case("importance_weights", f"{k}x{n}", F32 * (2 * k * n + n), "bytes", make,
+                        **_counts("importance_weights", (k, n))))
     return out
 
 
@@ -229,31 +295,122 @@ def all_cases(quick: bool) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------------
+# timing
+
+SAMPLE_S = 2e-3  # a sample: back-to-back calls filling this long, 10^4 times the timer's resolution
+WARMUP_S = 20e-3  # each callable's warm-up, right before its rounds, whatever ran before it
+WARMUP_CALLS = 3
+# Two instances of one call are allocated apart, so their arrays sit at other addresses (alignment,
+# cache sets): a difference the samples of one instance cannot show. ``agree`` allows this much.
+AGREE_SLACK = 0.02
+
+
+@dataclass
+class Samples:
+    """Seconds per call of one callable, one value per sample, and what the row reports beside
+    them (page faults per call on the CPU; dispatch time and batch size on a GPU)."""
+
+    seconds: list[float]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.seconds))
+
+    def spread_us(self) -> dict[str, float]:
+        """The median, the fastest sample and the quartiles, in microseconds."""
+        q1, median, q3 = np.percentile(self.seconds, [25, 50, 75])
+        return {"median_us": float(median) * 1e6, "min_us": self.min_s * 1e6, "q1_us": float(q1) * 1e6,
+                "q3_us": float(q3) * 1e6}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, sample_s: float = SAMPLE_S,
+                     warmup_s: float = WARMUP_S) -> dict[str, Samples]:
+    """Each callable of ``fns`` warmed up, then timed in ``rounds`` rounds of one sample each, the
+    order rotated every round (no callable always runs after the same one, whose data it would
+    find in the cache or evict). A sample is ``reps`` back-to-back calls, ``reps`` sized from the
+    warm-up so that it lasts about ``sample_s``."""
+    reps: dict[str, int] = {}
+    for name, fn in fns.items():
+        calls, start, last = 0, time.perf_counter(), 0.0
+        while calls < WARMUP_CALLS or time.perf_counter() - start < warmup_s:
+            t = time.perf_counter()
+            fn()
+            last = time.perf_counter() - t
+            calls += 1
+        reps[name] = max(1, math.ceil(sample_s / max(last, 1e-9)))
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    faults: dict[str, list[float]] = {name: [] for name in fns}  # allocation churn shows here
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = fns[name], reps[name]
+            flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            seconds[name].append((time.perf_counter() - t) / n)
+            faults[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt) / n)
+    return {name: Samples(seconds[name], {"page_faults_per_call": float(np.median(faults[name])),
+                                          "calls_per_sample": reps[name]}) for name in names}
+
+
+def agree(a: dict, b: dict) -> bool:
+    """Whether two rows timing the same call agree: their ranges from the fastest sample to the
+    upper quartile overlap, each widened by AGREE_SLACK."""
+    lo_a, hi_a = a["min_us"] * (1 - AGREE_SLACK), a["q3_us"] * (1 + AGREE_SLACK)
+    lo_b, hi_b = b["min_us"] * (1 - AGREE_SLACK), b["q3_us"] * (1 + AGREE_SLACK)
+    return bool(lo_a <= hi_b and lo_b <= hi_a)
+
+
+# ------------------------------------------------------------------------------------------------
 # ceilings
 
 
-def copy_bandwidth(nbytes: int) -> float:
-    """GB/s of a memory copy moving ``nbytes`` in all (read + write), best of several: the ceiling
-    of an elementwise op with the same working set (in cache when small, DRAM when large)."""
-    a = np.ones(max(nbytes // (2 * F32), 1024), np.float32)
-    b = np.empty_like(a)
-    reps = max(1, int(2e7 // a.nbytes))
-    np.copyto(b, a)
-    best = min(_time(lambda: [np.copyto(b, a) for _ in range(reps)]) for _ in range(5)) / reps
-    return 2 * a.nbytes / best / 1e9
+def memory_bandwidth(nbytes: int, rounds: int = 5) -> float:
+    """GB/s of the faster of a copy and an in-place update moving ``nbytes`` in all (each one's
+    best sample): the memory ceiling of an op with that working set (bench/ceilings.py)."""
+    probes = ceilings.memory_probes(nbytes)
+    samples = time_interleaved({k: p.fn for k, p in probes.items()}, rounds)
+    return ceilings.rates(probes, {k: samples[k].min_s for k in probes})["memory"]
 
 
-def cpu_ceilings(n: int = 2048, copy_mib: int = 256) -> dict:
+def cpu_ceilings(n: int = 2048, memory_mib: int = 256) -> dict:
+    """The run's CPU ceilings, in the table's header: the BLAS's float32 matmul peak on an n^3
+    product, the memory bandwidth of ``memory_mib`` MiB (DRAM) and the fastest float32 exp and log.
+    A row's compute and exp/log ceilings are the better of these and of its own probes; its memory
+    ceiling is always its own working set's."""
     from bench.train_step import matmul_peak
 
-    return {"matmul_gflops": matmul_peak(n), "copy_gbs": copy_bandwidth(copy_mib * 2**20)}
+    probes = ceilings.transcendental_probes()
+    samples = time_interleaved({k: p.fn for k, p in probes.items()}, rounds=5)
+    fastest = ceilings.rates(probes, {k: samples[k].min_s for k in probes})
+    return {"matmul_gflops": matmul_peak(n), "memory_gbs": memory_bandwidth(memory_mib * 2**20),
+            "exp_per_s": fastest["exp"], "log_per_s": fastest["log"]}
+
+
+def case_probes(case: Case) -> dict[str, ceilings.Probe]:
+    """The probes timed beside a case's CPU rows: memory on exactly its bytes, the matmul rate for
+    a GEMM, exp and log for an op that evaluates them."""
+    nbytes = case.traffic if case.kind == "flops" else case.work
+    probes = dict(ceilings.memory_probes(nbytes)) if nbytes else {}
+    if case.kind == "flops":
+        probes["matmul"] = ceilings.matmul_probe()
+    if case.exps or case.logs:
+        probes |= ceilings.transcendental_probes()
+    return probes
 
 
 def gpu_ceilings(device=None, n: int = 8192, copy_mib: int = 1024) -> dict:
     """The GPU's ceilings, timed as every GPU row is (``gpu_timing.time_on_device``): float32 SGEMM
-    through cuBLAS (TF32 off unless CUPY_TF32=1, which is recorded) and a device-to-device copy of
-    ``copy_mib`` MiB (DRAM bandwidth: twice the L2 and more). ``device``: CuPy's current one unless
-    given."""
+    through cuBLAS (TF32 off unless CUPY_TF32=1, which is recorded), a device-to-device copy of
+    ``copy_mib`` MiB (DRAM bandwidth: twice the L2 and more), and the fastest float32 exp and log
+    in registers (``expf`` or ``__expf``, ``logf`` or ``__logf``). ``device``: CuPy's current one
+    unless given."""
     import os
 
     device = device or gpu_timing.CupyDevice()
@@ -261,9 +418,15 @@ def gpu_ceilings(device=None, n: int = 8192, copy_mib: int = 1024) -> dict:
     gemm(), copy()
     gemm_s = gpu_timing.time_on_device(gemm, device).min_s
     copy_s = gpu_timing.time_on_device(copy, device).min_s
+    fastest = {"exp": 0.0, "log": 0.0}
+    for func in fastest:
+        for fast in (False, True):
+            fn, count = device.exp_log(func, fast)
+            fn()
+            fastest[func] = max(fastest[func], count / gpu_timing.time_on_device(fn, device).min_s)
     return {"matmul_gflops": 2 * n**3 / gemm_s / 1e9, "copy_gbs": copy_mib * 2**20 / copy_s / 1e9,
-            "l2_bytes": int(device.l2_bytes), "tf32": os.environ.get("CUPY_TF32", "0") == "1",
-            "device": device.name}
+            "exp_per_s": fastest["exp"], "log_per_s": fastest["log"], "l2_bytes": int(device.l2_bytes),
+            "tf32": os.environ.get("CUPY_TF32", "0") == "1", "device": device.name}
 
 
 def gpu_copy_bandwidth(device, cache: dict[float, float], nbytes: float) -> float:
@@ -287,10 +450,42 @@ def cupy_vendor_backend() -> Backend | None:
                    NUMPY.latent_forward, NUMPY.latent_backward, NUMPY.bernoulli, on_gpu=True)
 
 
-def _time(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+# Why a row can still beat its floor, printed under the table for every row that does.
+OVER_CEILING = {
+    "memory": "it beat the faster of a copy and an in-place update of its own bytes, timed beside "
+              "it: its access pattern suits this memory better than both (e.g. it reads far more "
+              "than it writes), so that floor is not a true ceiling for it",
+    "compute": "it beat the best float32 matmul rate of the vendor BLAS measured in this run (its "
+               "peak, and the product timed beside the row): on a loaded machine the longer product is "
+               "held back more than this row's short calls (compare the spreads), or this product runs "
+               "from cache where the probe's cannot",
+    "exp/log": "it needed fewer exp/log evaluations than counted, or cheaper ones (the count is the "
+               "fewest in any version's code; the probes are the fastest exact float32 forms here)",
+}
+
+
+def napkin(work: float, kind: str, traffic: float, exps: float, logs: float, median_s: float,
+           rates: dict[str, float]) -> dict:
+    """A row's rate (GFLOP/s for kind "flops", GB/s for "bytes"), its floors in microseconds (FLOPs
+    at ``rates["compute"]`` GFLOP/s; bytes - ``traffic`` for a GEMM - at ``rates["memory"]`` GB/s;
+    exp and log evaluations at ``rates["exp"]`` and ``rates["log"]`` per second), the floor that
+    binds (the largest), and the share of that ceiling: the floor over the median."""
+    floors = {}
+    if kind == "flops":
+        floors["compute"] = work / (rates["compute"] * 1e9)
+    nbytes = traffic if kind == "flops" else work
+    if nbytes:
+        floors["memory"] = nbytes / (rates["memory"] * 1e9)
+    if exps or logs:
+        floors["exp/log"] = exps / rates["exp"] + logs / rates["log"]
+    bound = max(floors, key=floors.__getitem__)
+    share = floors[bound] / median_s
+    row = {"rate": work / median_s / 1e9, "unit": "GFLOP/s" if kind == "flops" else "GB/s",
+           "floors_us": {k: v * 1e6 for k, v in floors.items()}, "roofline_us": floors[bound] * 1e6,
+           "bound": bound, "share_of_ceiling": share, "ceilings": dict(rates)}
+    if share > 1:
+        row["over_ceiling"] = OVER_CEILING[bound]
+    return row
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,40 +510,90 @@ def _close(got: tuple, ref: tuple, be: Backend, kind: str) -> str | None:
     return None
 
 
-def _copy_ceiling(cache: dict[float, float], nbytes: float) -> float:
-    """copy_bandwidth(nbytes), measured once per size in a run."""
-    if nbytes not in cache:
-        cache[nbytes] = copy_bandwidth(int(nbytes))
-    return cache[nbytes]
+@dataclass
+class Timer:
+    """How one run times its rows: its rounds, its run-wide ceilings (``cpu_ceilings``,
+    ``gpu_ceilings``) and the GPU device (``python -m bench ladder`` times its versions so too)."""
+
+    rounds: int
+    cpu: dict
+    gpu: dict | None
+    device: object = None
+    gpu_copy: dict[float, float] = field(default_factory=dict)
+
+    def measure(self, case: Case, fns: dict[str, Callable[[], object]],
+                on_gpu: dict[str, bool]) -> tuple[dict[str, Samples], dict[bool, dict[str, float]]]:
+        """Samples of every callable, and the rates its rows are rated against (by on_gpu): the
+        CPU ones interleaved with the case's probes, the GPU ones on the device."""
+        samples: dict[str, Samples] = {}
+        rates: dict[bool, dict[str, float]] = {}
+        cpu_fns = {k: fn for k, fn in fns.items() if not on_gpu[k]}
+        if cpu_fns:
+            probes = case_probes(case)
+            timed = time_interleaved({**cpu_fns, **{f"probe {k}": p.fn for k, p in probes.items()}},
+                                     self.rounds)
+            found = ceilings.rates(probes, {k: timed[f"probe {k}"].min_s for k in probes})
+            rates[False] = {"compute": max(found.get("compute", 0.0), self.cpu["matmul_gflops"]),
+                            "memory": found.get("memory", self.cpu["memory_gbs"]),
+                            "exp": max(found.get("exp", 0.0), self.cpu["exp_per_s"]),
+                            "log": max(found.get("log", 0.0), self.cpu["log_per_s"])}
+            samples |= {k: timed[k] for k in cpu_fns}
+        for name in [k for k in fns if on_gpu[k]]:  # the device is not shared: one at a time
+            t = gpu_timing.time_on_device(fns[name], self.device, samples=self.rounds)
+            samples[name] = Samples(t.device_s, {"dispatch_us": t.dispatch_s * 1e6, "reps": t.reps,
+                                                 "host_gaps": t.host_gaps})
+        if any(on_gpu.values()):
+            nbytes = case.traffic if case.kind == "flops" else case.work
+            memory = gpu_copy_bandwidth(self.device, self.gpu_copy, nbytes) if nbytes else 0.0
+            rates[True] = {"compute": self.gpu["matmul_gflops"], "memory": memory,
+                           "exp": self.gpu["exp_per_s"], "log": self.gpu["log_per_s"]}
+        return samples, rates
+
+
+def timed_row(case: Case, samples: Samples, rates: dict[str, float]) -> dict:
+    """A timed row's numbers: its spread, what its samples carry beside them, and its napkin math."""
+    return samples.spread_us() | samples.extra | napkin(case.work, case.kind, case.traffic, case.exps,
+                                                        case.logs, samples.median_s, rates)
 
 
 def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=print, on_row=None,
         device=None) -> dict:
     """Every case on every backend (see the module docstring). ``on_row(row)`` gets each row as
-    soon as its case is done; ``device`` is what GPU rows are timed on (default: CuPy's current
-    device, when a GPU backend is among those run)."""
+    soon as its case is done (and a row timed again beside its repeat once more, marked
+    ``restated``); ``device`` is what GPU rows are timed on (default: CuPy's current device, when
+    a GPU backend is among those run)."""
     names = backend_names or [n for n, s in backends_mod.available().items() if s == "ok"]
     bes, unavailable = [], {}
     for n in names:
         if n == "cupy-vendor":
             continue
         try:
-            bes.append(backends_mod.get_backend(n))
+            be = backends_mod.get_backend(n)
         except backends_mod.BackendUnavailable as e:  # the others still run; the results say why not
             unavailable[n] = str(e)
             log(f"skipped: {e}")
+            continue
+        if n == "numba-cuda" and not be.on_gpu:
+            unavailable[n] = (f"backend {n!r} runs in Numba's CUDA simulator here, which is never timed "
+                              "(python -m bench ladder validates its kernels)")
+            log(f"skipped: {unavailable[n]}")
+            continue
+        bes.append(be)
     vendor = cupy_vendor_backend() if any(be.on_gpu for be in bes) else None
     if vendor is not None:
         bes.append(vendor)
     names = [be.name for be in bes]
-    rounds = rounds or (3 if quick else 7)
-    ceilings = cpu_ceilings()
     if device is None and any(be.on_gpu for be in bes):
         device = gpu_timing.CupyDevice()
-    gpu = gpu_ceilings(device) if any(be.on_gpu for be in bes) else None
-    copy_bw: dict[float, float] = {}
-    gpu_copy_bw: dict[float, float] = {}
-    rows = []
+    state = Timer(rounds or (5 if quick else 9), cpu_ceilings(),
+                 gpu_ceilings(device) if any(be.on_gpu for be in bes) else None, device)
+    rows: list[dict] = []
+    seen: dict[tuple[str, str, str], tuple[int, Case]] = {}  # a call timed before: its row, its case
+
+    def emit(row: dict) -> None:
+        if on_row is not None:
+            on_row(row)
+
     for case in all_cases(quick):
         runners = [be for be in bes if case.backends is None or be.name in case.backends]
         if not runners:
@@ -358,135 +603,179 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
         for be in runners:
             try:
                 fn = case.make(be)
-                got = fn()  # also the warm-up (and JIT compile)
+                got = fn()  # also the first warm-up call (and the JIT compile)
                 status[be.name] = _close(got, ref, be, case.kind)
                 fns[be.name] = fn
             except Exception as e:  # a backend that cannot run this case is reported, not timed
                 status[be.name] = f"{type(e).__name__}: {e}"
         on_gpu = {be.name: be.on_gpu for be in runners}
-        cpu_names = [k for k in fns if status[k] is None and not on_gpu[k]]
-        times: dict[str, list[float]] = {k: [] for k in cpu_names}
-        reps = 3
-        faults: dict[str, list[float]] = {}  # minor page faults per call: allocation churn shows here
-        for _ in range(rounds):  # interleaved: every CPU backend once per round
-            for name in cpu_names:
-                flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                t = time.perf_counter()
-                for _ in range(reps):
-                    fns[name]()
-                times[name].append((time.perf_counter() - t) / reps)
-                faults.setdefault(name, []).append(
-                    (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt) / reps)
-        gpu_timings = {}
-        for name in [k for k in fns if status[k] is None and on_gpu[k]]:  # the device is not shared
-            gpu_timings[name] = gpu_timing.time_on_device(fns[name], device, samples=rounds)
-            times[name] = gpu_timings[name].device_s
+        ok = {k: fn for k, fn in fns.items() if status[k] is None}
+        samples, rates = state.measure(case, ok, on_gpu)
         for be in runners:
             name = be.name
-            if status.get(name) is None and name in times:
+            if name in samples:
                 # validated again after timing: the timed instance's own output; Adam's state
                 # moved on with every timed step, so a fresh instance of it
                 status[name] = _close((case.make(be) if case.op == "adam" else fns[name])(), ref, be,
                                       case.kind)
             row = {"op": case.op, "size": case.size, "backend": name, "status": status.get(name)}
-            if row["status"] is None and times.get(name):
-                med, best = statistics.median(times[name]), min(times[name])
-                rate = case.work / med / 1e9
-                if case.kind == "flops":
-                    ceiling = gpu["matmul_gflops"] if be.on_gpu else ceilings["matmul_gflops"]
-                elif be.on_gpu:  # a device copy of the same working set, timed the same way
-                    ceiling = gpu_copy_bandwidth(device, gpu_copy_bw, case.work)
-                else:  # a copy of the same working set: cache-resident sizes get a cache ceiling
-                    ceiling = _copy_ceiling(copy_bw, case.work)
-                if name in faults:
-                    row["page_faults_per_call"] = statistics.median(faults[name])
-                if name in gpu_timings:
-                    g = gpu_timings[name]
-                    row |= {"dispatch_us": g.dispatch_s * 1e6, "reps": g.reps, "host_gaps": g.host_gaps}
-                row |= {"median_us": med * 1e6, "min_us": best * 1e6,
-                        "rate": rate, "unit": "GFLOP/s" if case.kind == "flops" else "GB/s",
-                        "ceiling": ceiling, "share_of_ceiling": rate / ceiling, "bound": "memory"}
-                if case.kind == "flops" and case.traffic:  # the roofline: the slower of the two limits
-                    bw = (gpu_copy_bandwidth(device, gpu_copy_bw, case.traffic) if be.on_gpu
-                          else _copy_ceiling(copy_bw, case.traffic))
-                    compute_s, memory_s = case.work / (ceiling * 1e9), case.traffic / (bw * 1e9)
-                    row |= {"roofline_us": max(compute_s, memory_s) * 1e6,
-                            "bound": "compute" if compute_s >= memory_s else "memory"}
+            if row["status"] is None and name in samples:
+                row |= timed_row(case, samples[name], rates[be.on_gpu])
+                key = (case.same_call, case.size, name)
+                if key in seen:
+                    row = _repeat(state, rows, seen[key], row, case, be, fns[name], emit)
+                else:
+                    seen[key] = (len(rows), case)
             rows.append(row)
-            if on_row is not None:
-                on_row(row)
+            emit(row)
         log(f"{case.op} {case.size}: " + ", ".join(
             f"{r['backend']} {r['median_us']:.0f} us" if r.get("median_us") else
             f"{r['backend']} FAILED ({r['status']})" for r in rows[-len(runners):]))
-    return {"ceilings": ceilings, "gpu_ceilings": gpu, "backends": names, "unavailable": unavailable,
-            "rows": rows}
+    return {"ceilings": state.cpu, "gpu_ceilings": state.gpu, "backends": names, "unavailable": unavailable,
+            "rounds": state.rounds, "rows": rows}
+
+
+def _repeat(state: Timer, rows: list[dict], first: tuple[int, Case], row: dict, case: Case, be: Backend,
+            fn: Callable[[], object], emit: Callable[[dict], None]) -> dict:
+    """``row`` times a call that ``rows[first[0]]`` timed earlier: if the two disagree, both
+    instances are timed again side by side and both rows report that (the earlier one is emitted
+    again, ``restated``). Returns the row, with ``repeats`` (the earlier row's index) and
+    ``agrees``."""
+    index, first_case = first
+    earlier = rows[index]
+    if not agree(earlier, row):
+        again = first_case.make(be)
+        again()  # the warm-up's first call: allocation and compilation out of the samples
+        samples, rates = state.measure(case, {"earlier": again, "later": fn},
+                                       {"earlier": be.on_gpu, "later": be.on_gpu})
+        rows[index] = earlier = {**earlier, **timed_row(first_case, samples["earlier"], rates[be.on_gpu]),
+                                 "first_median_us": earlier["median_us"], "timed_again_with": len(rows)}
+        emit({**earlier, "restated": True})
+        row = {**row, **timed_row(case, samples["later"], rates[be.on_gpu]),
+               "first_median_us": row["median_us"]}
+    return {**row, "repeats": index, "agrees": agree(earlier, row)}
+
+
+def ceilings_line(res: dict) -> str:
+    """The run's ceilings, for the header of a table."""
+    c, g = res["ceilings"], res.get("gpu_ceilings")
+    return (f"Ceilings measured in this run: float32 matmul {c['matmul_gflops']:.0f} GFLOP/s; memory "
+            f"{c['memory_gbs']:.1f} GB/s at 256 MiB (the faster of a copy and an in-place update); "
+            f"float32 exp {c['exp_per_s'] / 1e9:.2f} G/s, log {c['log_per_s'] / 1e9:.2f} G/s (in cache). "
+            "Each CPU row is rated against probes timed beside it, interleaved, on its own working set "
+            "(bench/ceilings.py)."
+            + (f" GPU ({g.get('device', 'device 0')}): cuBLAS SGEMM {g['matmul_gflops']:.0f} GFLOP/s "
+               f"(TF32 {'on' if g['tf32'] else 'off'}), device copy {g['copy_gbs']:.0f} GB/s at 1 GiB, exp "
+               f"{g['exp_per_s'] / 1e9:.0f} G/s, log {g['log_per_s'] / 1e9:.0f} G/s; GPU rows are device "
+               "time per call of back-to-back calls held behind a spin kernel until all are queued, the L2 "
+               "flushed before each sample (bench/gpu_timing.py); host us/call is the host's dispatch time "
+               "per call, measured meanwhile." if g else ""))
 
 
 def table(res: dict) -> str:
-    c, g = res["ceilings"], res.get("gpu_ceilings")
-    lines = [f"Ceilings measured in this run: float32 matmul {c['matmul_gflops']:.0f} GFLOP/s; "
-             f"memory copy {c['copy_gbs']:.1f} GB/s at 256 MiB (elementwise ops are compared with a "
-             "copy of their own working set, so cache-resident sizes meet a cache ceiling)."
-             + (f" GPU ({g.get('device', 'device 0')}): cuBLAS SGEMM {g['matmul_gflops']:.0f} GFLOP/s "
-                f"(TF32 {'on' if g['tf32'] else 'off'}), device copy {g['copy_gbs']:.0f} GB/s at 1 GiB; GPU "
-                "rows are device time per call of back-to-back calls held behind a spin kernel until all "
-                "are queued, the L2 flushed before each sample (bench/gpu_timing.py); host us/call is "
-                "the host's dispatch time per call, measured meanwhile." if g else ""), "",
-             "| op | size | backend | median us | min us | host us/call | rate | share of ceiling "
-             "| roofline bound | page faults/call | vs vendor |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = [ceilings_line(res),
+             "", COLUMNS.format(rounds=res.get("rounds", "several"), slack=100 * AGREE_SLACK), "",
+             "| op | size | backend | median us | spread us | host us/call | rate | floor us | bound "
+             "| share of ceiling | page faults/call | vs vendor |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     # the vendor-library way on the same device: numpy (BLAS + NumPy passes), cupy-vendor on a GPU;
     # a ladder rung's vendor is its op's
     vendor = {(r["op"], r["size"], r["backend"] == "cupy-vendor"): r.get("median_us") for r in res["rows"]
               if r["backend"] in ("numpy", "cupy-vendor")}
+    notes: list[str] = []
     for r in res["rows"]:
         if r.get("median_us") is None:
             lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | failed: {r['status']} "
-                         "| | | | | | | |")
+                         "| | | | | | | | |")
             continue
         gpu_row = r["backend"] in ("cupy", "numba-cuda", "cupy-vendor")
         base = vendor.get((r["op"].split(" rung ")[0], r["size"], gpu_row))
         speed = f"{base / r['median_us']:.2f}x" if base else ""
         pf, host = r.get("page_faults_per_call"), r.get("dispatch_us")
-        gaps = " (host gaps)" if r.get("host_gaps") else ""
-        lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {r['median_us']:.1f}{gaps} | "
-                     f"{r['min_us']:.1f} | {'' if host is None else f'{host:.1f}'} | "
-                     f"{r['rate']:.1f} {r['unit']} | {100 * r['share_of_ceiling']:.0f}% | "
-                     f"{r.get('bound', '')} | {'' if pf is None else f'{pf:.0f}'} | {speed} |")
-    return "\n".join(lines)
+        median = f"{r['median_us']:.1f}" + (" (host gaps)" if r.get("host_gaps") else "")
+        share = f"{100 * r['share_of_ceiling']:.0f}%"
+        for note in row_notes(r):
+            notes.append(f"{len(notes) + 1}. {r['op']} {r['size']} {r['backend']}: {note}.")
+            if note.startswith("over 100%"):
+                share += f" ({len(notes)})"
+            else:
+                median += f" ({len(notes)})"
+        lines.append(f"| {r['op']} | {r['size']} | {r['backend']} | {median} | "
+                     f"{r['min_us']:.1f}-{r['q3_us']:.1f} | {'' if host is None else f'{host:.1f}'} | "
+                     f"{r['rate']:.1f} {r['unit']} | {r['roofline_us']:.1f} | {r['bound']} | {share} | "
+                     f"{'' if pf is None else f'{pf:.0f}'} | {speed} |")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def plot(res: dict, path) -> None:
-    """Time per op and size, one line per backend (the CUDA C ladder: one panel per direction, a
-    line per rung); and the share of the ceiling reached."""
+COLUMNS = ("median us: of {rounds} samples per row; spread: the fastest sample to the upper quartile "
+           "(two rows timing the same call must overlap there, give or take {slack:.0f}%); floor us: the "
+           "largest of FLOPs / matmul rate, bytes / memory rate, exp and log evaluations / their rates; "
+           "bound: which one that is; share: floor / median.")
+
+
+def row_notes(r: dict) -> list[str]:
+    """What a timed row's numbers need said beside them: a share over 100% and why, a call timed
+    again beside its repeat, a repeat that still disagrees."""
+    notes = []
+    if "over_ceiling" in r:
+        notes.append(f"over 100% because {r['over_ceiling']}")
+    if "first_median_us" in r:
+        notes.append(f"first timed at {r['first_median_us']:.1f} us, apart from the row timing the same "
+                     "call; both timed again side by side")
+    if r.get("agrees") is False:
+        notes.append("disagrees with the earlier row timing the same call, even side by side")
+    return notes
+
+
+def plot(res: dict, path) -> list:
+    """One figure per family of ops (linear, latent, bernoulli, importance_weights, adam), written
+    beside ``path`` as ``<stem>-<family>.png``: a column per op, its median time per size (log
+    scale, one line per backend or rung, the CPU floor dashed) above its share of the ceiling."""
+    from pathlib import Path
+
     from matplotlib.figure import Figure
 
-    def panel(r):  # (panel title, line label)
-        op, _, rung = r["op"].partition(" rung ")
-        return (f"{op}: CUDA C ladder", f"rung {rung}") if rung else (op, r["backend"])
+    path = Path(path)
+    written = []
+    rows = [r for r in res["rows"] if r.get("median_us")]
 
-    ops = list(dict.fromkeys(panel(r)[0] for r in res["rows"]))
-    fig = Figure(figsize=(4 * len(ops), 7), constrained_layout=True)
-    axes = fig.subplots(2, len(ops), squeeze=False)
-    for j, op in enumerate(ops):
-        rows = [r for r in res["rows"] if panel(r)[0] == op and r.get("median_us")]
-        sizes = list(dict.fromkeys(r["size"] for r in rows))
-        for name in dict.fromkeys(panel(r)[1] for r in rows):
-            pts = [(sizes.index(r["size"]), r["median_us"], r["share_of_ceiling"])
-                   for r in rows if panel(r)[1] == name]
-            if pts:
+    def line(r):  # a ladder rung is a line of its op's panel
+        op, _, rung = r["op"].partition(" rung ")
+        return op, f"{r['backend']} rung {rung}" if rung else r["backend"]
+
+    for fam in FAMILIES:
+        mine = [r for r in rows if family(r["op"]) == fam]
+        if not mine:
+            continue
+        ops = list(dict.fromkeys(line(r)[0] for r in mine))
+        fig = Figure(figsize=(max(5.0, 4.5 * len(ops)), 7.5), constrained_layout=True)
+        axes = fig.subplots(2, len(ops), squeeze=False)
+        for j, op in enumerate(ops):
+            on = [r for r in mine if line(r)[0] == op]
+            sizes = list(dict.fromkeys(r["size"] for r in on))
+            for label in dict.fromkeys(line(r)[1] for r in on):
+                pts = [(sizes.index(r["size"]), r["median_us"], 100 * r["share_of_ceiling"])
+                       for r in on if line(r)[1] == label]
                 xs, ts, ss = zip(*pts, strict=True)
-                axes[0][j].plot(xs, ts, "o-", label=name)
-                axes[1][j].plot(xs, [100 * s for s in ss], "o-", label=name)
-        cpu_rows = [r for r in rows if not r["backend"].startswith(("cupy", "numba-cuda"))]
-        roof = {r["size"]: r["roofline_us"] for r in cpu_rows if "roofline_us" in r}
-        if roof:  # the CPU roofline: max(FLOPs / matmul peak, bytes / copy bandwidth)
-            axes[0][j].plot([sizes.index(s) for s in roof], list(roof.values()), "k--", label="CPU roofline")
-        for ax in axes[:, j]:
-            ax.set_xticks(range(len(sizes)), sizes, rotation=45, fontsize=7)
-        axes[0][j].set_yscale("log")
-        axes[0][j].set_title(op, fontsize=9)
-        axes[0][j].set_ylabel("median time (us)")
-        axes[1][j].set_ylabel("% of measured ceiling")
-        axes[0][j].legend(fontsize=7)
-    fig.savefig(path, dpi=90)
+                axes[0][j].plot(xs, ts, "o-", label=label)
+                axes[1][j].plot(xs, ss, "o-", label=label)
+            floor = {r["size"]: r["roofline_us"] for r in on
+                     if not r["backend"].startswith(("cupy", "numba-cuda"))}
+            if floor:  # the CPU's floor: the largest of compute, memory and exp/log
+                axes[0][j].plot([sizes.index(s) for s in floor], list(floor.values()), "k_--", ms=16,
+                                label="CPU floor")
+            for ax in axes[:, j]:
+                ax.set_xticks(range(len(sizes)), sizes, rotation=30, fontsize=8)
+                ax.grid(alpha=0.3)
+            axes[0][j].set_yscale("log")
+            axes[0][j].set_title(op, fontsize=10)
+            axes[0][j].set_ylabel("median time per call (us)")
+            axes[1][j].set_ylabel("% of the binding ceiling")
+            axes[1][j].axhline(100, color="k", lw=0.8)
+            axes[1][j].set_ylim(bottom=0)
+            axes[0][j].legend(fontsize=8)
+        fig.suptitle(f"{fam}: time and share of the measured ceiling per size", fontsize=11)
+        out = path.with_name(f"{path.stem}-{fam}{path.suffix}")
+        fig.savefig(out, dpi=90)
+        written.append(out)
+    return written

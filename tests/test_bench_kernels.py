@@ -1,14 +1,26 @@
 """``python -m bench kernels``: every op validated before and after timing, failures reported as
-failures (never as a speed), rates set against ceilings measured in the same run."""
+failures (never as a speed), rates set against ceilings measured in the same run, beside the row
+and on its working set; a call timed twice in one run agrees with itself or is timed again side by
+side. Nothing here asserts a speed: the rules of the bench's code are checked on its own numbers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench import kernels
+from bench import ceilings, kernels
 from minivae.backends import NUMPY, Backend
 from minivae.kernels.wiring import emulate
+
+# The run's ceilings in the tests below: a 50 GFLOP/s matmul, 10 GB/s of memory, 1e9 exp and 2e9
+# log per second. With no probes beside the rows (case_probes patched out), every row meets these.
+RATES = {"compute": 50.0, "memory": 10.0, "exp": 1e9, "log": 2e9}
+RUN_CEILINGS = {"matmul_gflops": 50.0, "memory_gbs": 10.0, "exp_per_s": 1e9, "log_per_s": 2e9}
+
+
+def fixed_ceilings(monkeypatch):
+    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: dict(RUN_CEILINGS))
+    monkeypatch.setattr(kernels, "case_probes", lambda case: {})
 
 
 @pytest.fixture
@@ -18,23 +30,38 @@ def small_cases(monkeypatch):
              + kernels.bernoulli_cases([(17, 33)]) + kernels.iwae_cases([(3, 17)])
              + kernels.adam_cases([129]))
     monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
-    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
-    monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
+    fixed_ceilings(monkeypatch)
     return cases
 
 
-def test_every_op_is_validated_and_timed_against_its_ceiling(small_cases):
+def _floors_us(case: kernels.Case) -> dict[str, float]:
+    """The floors the module docstring promises, at RATES."""
+    floors = {"memory": (case.traffic if case.kind == "flops" else case.work) / 10e9 * 1e6}
+    if case.kind == "flops":
+        floors["compute"] = case.work / 50e9 * 1e6
+    if case.exps or case.logs:
+        floors["exp/log"] = (case.exps / 1e9 + case.logs / 2e9) * 1e6
+    return floors
+
+
+def test_every_op_is_validated_and_timed_against_its_ceilings(small_cases):
     names = ["numpy"] + (["numba"] if _has_numba() else [])
     res = kernels.run(quick=True, backend_names=names, rounds=2, log=lambda s: None)
     assert res["gpu_ceilings"] is None
     assert len(res["rows"]) == len(small_cases) * len(names)
+    by_op = {c.op: c for c in small_cases}
     for r in res["rows"]:
         assert r["status"] is None, r
-        assert r["median_us"] > 0 and r["min_us"] <= r["median_us"]
-        ceiling = 50.0 if r["unit"] == "GFLOP/s" else 10.0
-        assert r["ceiling"] == ceiling and r["share_of_ceiling"] == pytest.approx(r["rate"] / ceiling)
+        assert r["min_us"] <= r["q1_us"] <= r["median_us"] <= r["q3_us"]
+        assert r["ceilings"] == RATES
+        floors = _floors_us(by_op[r["op"]])
+        assert r["floors_us"] == pytest.approx(floors)
+        assert r["bound"] == max(floors, key=floors.__getitem__) and r["roofline_us"] == max(floors.values())
+        assert r["share_of_ceiling"] == pytest.approx(r["roofline_us"] / r["median_us"])
+        assert ("over_ceiling" in r) == (r["share_of_ceiling"] > 1)
     text = kernels.table(res)
-    assert text.count("\n") == len(res["rows"]) + 3 and "failed" not in text
+    notes = sum(len(kernels.row_notes(r)) for r in res["rows"])
+    assert text.count("\n") == len(res["rows"]) + 5 + (notes + 1 if notes else 0) and "failed" not in text
 
 
 def test_a_backend_with_wrong_results_is_reported_failed_not_timed(small_cases):
@@ -95,8 +122,7 @@ def test_the_scaling_sweep_says_where_the_linear_op_turns_compute_bound(monkeypa
     assert [c.op for c in cases] == ["linear_forward vs batch (784->400)",
                                      "linear_forward vs width (batch 128)"]
     monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
-    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
-    monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
+    fixed_ceilings(monkeypatch)
     res = kernels.run(quick=True, backend_names=["numpy"], rounds=1, log=lambda s: None)
     memory, compute = res["rows"]
     assert memory["bound"] == "memory" and memory["roofline_us"] == pytest.approx(
@@ -104,8 +130,8 @@ def test_the_scaling_sweep_says_where_the_linear_op_turns_compute_bound(monkeypa
     assert compute["bound"] == "compute" and compute["roofline_us"] == pytest.approx(
         2 * 128 * 256 * 256 / 50e9 * 1e6)
     assert "| memory |" in kernels.table(res) and "| compute |" in kernels.table(res)
-    kernels.plot(res, tmp_path / "k.png")
-    assert (tmp_path / "k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert kernels.plot(res, tmp_path / "k.png") == [tmp_path / "k-linear.png"]
+    assert (tmp_path / "k-linear.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_quick_and_full_sweeps_cover_every_op_and_the_scaling():
@@ -137,7 +163,8 @@ def test_the_command_writes_its_results_where_it_is_told(small_cases, tmp_path, 
     assert res["command"] == "python -m bench kernels --quick --backends numpy --name k2"
     assert res["environment"]["numpy"] == np.__version__ and len(res["rows"]) == len(small_cases)
     assert (tmp_path / "out" / "k2.md").read_text().count("| numpy |") == len(small_cases)
-    assert (tmp_path / "out" / "k2.png").read_bytes()[:4] == b"\x89PNG"
+    for family in kernels.FAMILIES:  # one figure per family of ops
+        assert (tmp_path / "out" / f"k2-{family}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ---- page faults ---------------------------------------------------------------------------------
@@ -158,8 +185,7 @@ def test_page_faults_per_call_count_what_each_call_allocates(monkeypatch):
     cases = [kernels.Case("fresh", "64 MiB", 4.0 * n, "bytes", fresh),
              kernels.Case("in place", "64 MiB", 4.0 * n, "bytes", in_place)]
     monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
-    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
-    monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
+    fixed_ceilings(monkeypatch)
     res = kernels.run(quick=True, backend_names=["numpy"], rounds=3, log=lambda s: None)
     faults = {r["op"]: r["page_faults_per_call"] for r in res["rows"]}
     assert faults["fresh"] >= 4 * n / 2**21
@@ -179,6 +205,9 @@ class StandInDevice:
 
     def copy(self, nbytes):
         return lambda: None
+
+    def exp_log(self, func, fast):
+        return (lambda: None), 1e6
 
 
 def test_gpu_rows_are_timed_one_way_with_their_dispatch_and_streamed_as_they_finish(small_cases, monkeypatch):
@@ -209,10 +238,14 @@ def test_gpu_rows_are_timed_one_way_with_their_dispatch_and_streamed_as_they_fin
         assert r["median_us"] == pytest.approx(2.0) and r["min_us"] == pytest.approx(1.0)
         assert r["dispatch_us"] == pytest.approx(7.0) and r["reps"] == 11 and r["host_gaps"] is False
         assert "page_faults_per_call" not in r
-    # the ceilings (SGEMM, the 1 GiB copy, one copy per distinct working set) and one call per row
+    # the ceilings (SGEMM, the 1 GiB copy, exp and log each both ways, one copy per distinct working
+    # set) and one call per row
     sizes = {c.work for c in small_cases if c.kind == "bytes"} | {c.traffic for c in small_cases if c.traffic}
-    assert len(calls) == 2 + len(sizes) + len(gpu_rows)
+    assert len(calls) == 2 + 4 + len(sizes) + len(gpu_rows)
     assert [samples for _, samples in calls].count(3) == len(gpu_rows)  # the ceilings take 5
+    for r in gpu_rows:  # rated against the GPU's ceilings: SGEMM, the device copy, exp and log
+        g = res["gpu_ceilings"]
+        assert r["ceilings"]["compute"] == g["matmul_gflops"] and r["ceilings"]["exp"] == g["exp_per_s"]
     assert res["gpu_ceilings"]["device"] == "stand-in"
     assert "host us/call" in kernels.table(res) and "| 7.0 |" in kernels.table(res)
 
@@ -231,8 +264,7 @@ def test_the_ladder_rows_run_every_rung_against_the_reference(monkeypatch):
     kernels run on the CPU emulator): every rung validated against the numpy backend's op."""
     cases = kernels.ladder_cases([(17, 33, 9)])
     monkeypatch.setattr(kernels, "all_cases", lambda quick: cases)
-    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: {"matmul_gflops": 50.0, "copy_gbs": 10.0})
-    monkeypatch.setattr(kernels, "copy_bandwidth", lambda nbytes: 10.0)
+    fixed_ceilings(monkeypatch)
     stand_in = Backend("cupy", np, NUMPY.linear_forward, NUMPY.linear_backward, NUMPY.latent_forward,
                        NUMPY.latent_backward, NUMPY.bernoulli)
     real = kernels.backends_mod.get_backend
@@ -240,3 +272,190 @@ def test_the_ladder_rows_run_every_rung_against_the_reference(monkeypatch):
     res = kernels.run(quick=True, backend_names=["numpy", "cupy"], rounds=1, log=lambda s: None)
     assert [(r["op"], r["backend"]) for r in res["rows"]] == [(c.op, "cupy") for c in cases]
     assert all(r["status"] is None and r["median_us"] > 0 for r in res["rows"]), res["rows"]
+
+
+def test_numba_cuda_in_the_simulator_is_skipped_never_timed(small_cases, monkeypatch):
+    """Under Numba's simulator numba-cuda is available but runs on the CPU: a run skips it, saying
+    so (python -m bench ladder validates those kernels), and times the rest."""
+    simulated = Backend("numba-cuda", np, NUMPY.linear_forward, NUMPY.linear_backward, NUMPY.latent_forward,
+                        NUMPY.latent_backward, NUMPY.bernoulli, on_gpu=False)
+    real = kernels.backends_mod.get_backend
+    monkeypatch.setattr(kernels.backends_mod, "get_backend",
+                        lambda n: simulated if n == "numba-cuda" else real(n))
+    logged = []
+    res = kernels.run(quick=True, backend_names=["numpy", "numba-cuda"], rounds=1, log=logged.append)
+    assert res["backends"] == ["numpy"] and "simulator" in res["unavailable"]["numba-cuda"]
+    assert {r["backend"] for r in res["rows"]} == {"numpy"} and logged[0].startswith("skipped:")
+
+
+# ---- ceilings: beside the row, on its working set ------------------------------------------------
+
+def test_the_probes_move_the_rows_own_bytes_and_are_timed_in_its_rounds(monkeypatch):
+    """A row's memory probes move exactly its bytes (a GEMM's: its traffic), to within an element
+    per array; a GEMM has the matmul probe, an op with exp or log the exp and log probes; and all of
+    them are timed by the same call as the row, interleaved with it."""
+    fwd, _ = kernels.linear_cases([(17, 33, 9)])
+    (bern,) = kernels.bernoulli_cases([(17, 33)])
+    (adam,) = kernels.adam_cases([129])
+    for case, nbytes in ((fwd, fwd.traffic), (bern, bern.work), (adam, adam.work)):
+        probes = kernels.case_probes(case)
+        for name in ceilings.MEMORY:
+            assert nbytes - 3 * kernels.F32 < probes[name].amount <= nbytes, (case.op, name)
+        assert ("matmul" in probes) == (case.kind == "flops")
+        assert {"numpy exp", "numpy log"} <= set(probes) if case.exps else not any("exp" in k for k in probes)
+    timed = []
+    real = kernels.time_interleaved
+
+    def spy(fns, rounds, **kw):
+        timed.append(sorted(fns))
+        return real(fns, rounds, **kw)
+
+    monkeypatch.setattr(kernels, "time_interleaved", spy)
+    monkeypatch.setattr(kernels, "all_cases", lambda quick: [bern])
+    monkeypatch.setattr(kernels, "cpu_ceilings", lambda: dict(RUN_CEILINGS))
+    no_op = {"numpy exp": ceilings.Probe("exp", lambda: None, 1.0),
+             "numpy log": ceilings.Probe("log", lambda: None, 1.0)}
+    monkeypatch.setattr(kernels.ceilings, "transcendental_probes", lambda: no_op)
+    res = kernels.run(quick=True, backend_names=["numpy"], rounds=2, log=lambda s: None)
+    assert timed == [["numpy", "probe copy", "probe numpy exp", "probe numpy log", "probe update"]]
+    (row,) = res["rows"]
+    # the memory rate is measured (no run-wide number stands in for it); exp and log take the
+    # better of the run's and the probes'
+    assert row["ceilings"]["memory"] != RUN_CEILINGS["memory_gbs"]
+    assert row["ceilings"]["exp"] >= RUN_CEILINGS["exp_per_s"]
+
+
+def test_the_memory_ceiling_is_the_faster_of_a_copy_and_an_in_place_update():
+    probes = {"copy": ceilings.Probe("memory", lambda: None, 8e6),
+              "update": ceilings.Probe("memory", lambda: None, 12e6)}
+    assert ceilings.rates(probes, {"copy": 1e-3, "update": 1e-3}) == {"memory": 12.0}
+    assert ceilings.rates(probes, {"copy": 1e-3, "update": 2e-3}) == {"memory": 8.0}
+
+
+def test_the_bound_is_the_largest_floor_and_a_row_over_its_ceiling_says_why():
+    """Napkin math on chosen numbers: 1e6 elements with one exp and one log each, 12 MB moved. At
+    10 GB/s memory and 1e9 exp, 2e9 log per second the floors are 1.2 ms (memory) and 1.5 ms
+    (exp/log): exp/log binds; with exp and log ten times faster memory binds. A row faster than its
+    floor is marked, and the table says why under it instead of printing >100% silently."""
+    row = kernels.napkin(12e6, "bytes", 0.0, 1e6, 1e6, 3e-3, RATES)
+    assert row["floors_us"] == pytest.approx({"memory": 1200.0, "exp/log": 1500.0})
+    assert row["bound"] == "exp/log" and row["share_of_ceiling"] == pytest.approx(0.5)
+    assert row["rate"] == pytest.approx(4.0) and row["unit"] == "GB/s" and "over_ceiling" not in row
+    fast = kernels.napkin(12e6, "bytes", 0.0, 1e6, 1e6, 3e-3, RATES | {"exp": 1e10, "log": 2e10})
+    assert fast["bound"] == "memory" and fast["share_of_ceiling"] == pytest.approx(0.4)
+    gemm = kernels.napkin(1e9, "flops", 4e6, 0.0, 0.0, 0.01, RATES)
+    assert gemm["floors_us"] == pytest.approx({"compute": 2e4, "memory": 400.0})
+    assert gemm["bound"] == "compute"
+    over = kernels.napkin(12e6, "bytes", 0.0, 0.0, 0.0, 1e-3, RATES)
+    assert over["share_of_ceiling"] == pytest.approx(1.2)
+    assert over["over_ceiling"] == kernels.OVER_CEILING["memory"]
+    spread = {"median_us": 1000.0, "min_us": 990.0, "q1_us": 995.0, "q3_us": 1010.0}
+    res = {"ceilings": RUN_CEILINGS, "rounds": 3, "rows": [
+        {"op": "adam", "size": "3000000", "backend": "numpy", "status": None} | spread | over]}
+    text = kernels.table(res)
+    assert "| 120% (1) |" in text
+    assert text.endswith(f"1. adam 3000000 numpy: over 100% because {kernels.OVER_CEILING['memory']}.")
+
+
+@pytest.mark.parametrize("op, shape, make", [
+    ("latent_forward", (17, 5), lambda: kernels.latent_cases([(17, 5)])[0]),
+    ("latent_backward", (17, 5), lambda: kernels.latent_cases([(17, 5)])[1]),
+    ("bernoulli", (17, 33), lambda: kernels.bernoulli_cases([(17, 33)])[0]),
+    ("importance_weights", (3, 17), lambda: kernels.iwae_cases([(3, 17)])[0]),
+])
+def test_exp_log_counts_are_no_more_than_the_reference_evaluates(op, shape, make, monkeypatch):
+    """The counts are floors: at most the exp (exp, expm1) and log (log, log1p) evaluations of the
+    NumPy reference, counted element by element while it runs the case, and not zero."""
+    case = make()
+    counted = {"exp": 0, "log": 0}
+    for name, kind in (("exp", "exp"), ("expm1", "exp"), ("log", "log"), ("log1p", "log")):
+        real = getattr(np, name)
+
+        def counting(x, *args, real=real, kind=kind, **kw):
+            counted[kind] += np.size(x)
+            return real(x, *args, **kw)
+
+        monkeypatch.setattr(np, name, counting)
+    case.make(NUMPY)()
+    assert (case.exps, case.logs) == kernels.exp_log_count(op, shape)
+    assert 0 < case.exps <= counted["exp"] and case.logs <= counted["log"]
+    assert case.logs > 0 or op == "latent_backward"
+
+
+# ---- a call timed twice in one run -----------------------------------------------------------------
+
+def _repeated(monkeypatch):
+    fwd = kernels.linear_cases([(17, 33, 9)])[0]
+    again = kernels.Case("linear_forward vs batch (784->400)", fwd.size, fwd.work, fwd.kind, fwd.make,
+                         fwd.traffic, call="linear_forward (relu)")
+    monkeypatch.setattr(kernels, "all_cases", lambda quick: [fwd, again])
+    fixed_ceilings(monkeypatch)
+
+
+def test_a_call_timed_twice_in_one_run_is_held_to_the_rule_the_bench_enforces(monkeypatch):
+    """The same call at the same size, timed twice in one run (as the scaling sweep repeats a
+    linear row): the later row names the earlier, and says whether the two agree by ``agree``'s
+    rule on the numbers the run reports; when they do not, both were timed again side by side and
+    say so. Whatever the machine's load, the row's verdict and the table follow the rule."""
+    _repeated(monkeypatch)
+    streamed = []
+    res = kernels.run(quick=True, backend_names=["numpy"], rounds=3, log=lambda s: None,
+                      on_row=streamed.append)
+    first, second = res["rows"]
+    assert second["repeats"] == 0 and "repeats" not in first
+    assert second["agrees"] == kernels.agree(first, second)
+    assert ("first_median_us" in second) == ("first_median_us" in first) == any(
+        r.get("restated") for r in streamed)
+    if not second["agrees"]:
+        assert "disagrees with the earlier row" in kernels.table(res)
+
+
+def test_a_repeat_that_disagrees_is_timed_again_side_by_side(monkeypatch):
+    """Scripted samples: the first timing gives 100 us, the repeat 200 us (the load changed between
+    them); the bench times both instances again in one interleaved set of rounds, and both rows
+    report that measurement, the first numbers kept beside; the earlier row is streamed again."""
+    _repeated(monkeypatch)
+    script = iter([[100e-6] * 3, [200e-6] * 3, None])
+    calls = []
+
+    def scripted(fns, rounds, **kw):
+        calls.append(sorted(fns))
+        times = next(script)
+        if times is None:  # the side-by-side timing
+            return {"earlier": kernels.Samples([150e-6, 151e-6, 152e-6]),
+                    "later": kernels.Samples([149e-6, 151e-6, 153e-6])}
+        return {name: kernels.Samples(list(times)) for name in fns}
+
+    monkeypatch.setattr(kernels, "time_interleaved", scripted)
+    streamed = []
+    res = kernels.run(quick=True, backend_names=["numpy"], rounds=3, log=lambda s: None,
+                      on_row=streamed.append)
+    assert calls == [["numpy"], ["numpy"], ["earlier", "later"]]
+    first, second = res["rows"]
+    assert first["median_us"] == pytest.approx(151.0) and first["first_median_us"] == pytest.approx(100.0)
+    assert second["median_us"] == pytest.approx(151.0) and second["first_median_us"] == pytest.approx(200.0)
+    assert second["agrees"] is True and second["repeats"] == 0
+    assert [r.get("restated", False) for r in streamed] == [False, True, False]
+    assert streamed[1]["median_us"] == first["median_us"]
+    text = kernels.table(res)
+    assert "first timed at 100.0 us" in text and "first timed at 200.0 us" in text
+
+
+def test_agreement_is_overlap_of_the_reported_spreads():
+    a = {"min_us": 100.0, "q3_us": 110.0}
+    assert kernels.agree(a, {"min_us": 105.0, "q3_us": 130.0})
+    assert kernels.agree(a, {"min_us": 112.0, "q3_us": 120.0})  # 2% apart: within AGREE_SLACK
+    assert not kernels.agree(a, {"min_us": 120.0, "q3_us": 125.0})
+    assert not kernels.agree({"min_us": 200.0, "q3_us": 210.0}, a)
+
+
+def test_each_callable_is_warmed_up_and_its_samples_rotate(monkeypatch):
+    """The method itself: every callable warmed up (at least WARMUP_CALLS calls) before any sample,
+    then one sample each per round, the order rotated from round to round."""
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    out = kernels.time_interleaved(fns, rounds=3, sample_s=0.0, warmup_s=0.0)
+    warm = kernels.WARMUP_CALLS
+    assert order[:3 * warm] == ["a"] * warm + ["b"] * warm + ["c"] * warm
+    assert order[3 * warm:] == list("abc") + list("bca") + list("cab")
+    assert all(len(s.seconds) == 3 and s.extra["calls_per_sample"] == 1 for s in out.values())
