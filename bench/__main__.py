@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 
 from bench import compare_torch, env, kernels, train_step
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--name", default="kernels", help="file name of the results (default: kernels)")
     k.add_argument("--require-gpu", action="store_true",
                    help=f"exit {NO_GPU} at once, saying why, unless one of the backends runs on a GPU")
+    lad = sub.add_parser("ladder", help="every version of every kernel op, validated and timed, rung by rung")
+    lad.add_argument("--op", choices=kernels.FAMILIES, default=None, help="one op (default: all five)")
+    lad.add_argument("--quick", action="store_true", help="the training sizes only")
+    lad.add_argument("--no-save", action="store_true", help="print only, write no results")
+    lad.add_argument("--require-gpu", action="store_true",
+                     help=f"exit {NO_GPU} at once, saying why, unless CuPy sees a GPU")
     s = sub.add_parser("smoke", help="every GPU kernel launched once against the NumPy reference")
     s.add_argument("--cpu", action="store_true",
                    help="on the CUDA C emulator and Numba's simulator (NUMBA_ENABLE_CUDASIM=1) instead")
@@ -33,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--quick", action="store_true", help="fewer rounds")
     g.add_argument("--batches", default="128,1024", help="comma-separated batch sizes")
     g.add_argument("--no-save", action="store_true", help="print only, write no results")
-    a = sub.add_parser("all", help="kernels, then train")
+    a = sub.add_parser("all", help="kernels, ladder, then train")
     a.add_argument("--quick", action="store_true", help="the quick variants (about 5 minutes)")
     a.add_argument("--no-save", action="store_true", help="print only, write no results")
     c = sub.add_parser("compare", help="test -ELBO and IWAE NLL: minivae vs PyTorch, several seeds")
@@ -58,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--no-save", action="store_true", help="print only, write no results")
     args = p.parse_args(argv)
 
+    status = 0  # the exit status: that of the ladder ``all`` runs, if it failed
     if args.command == "iwae":
         from bench import iwae
 
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"`python -m bench compare --data {args.data}`\n\n{text}\n")
         print(text)
 
+    if args.command == "ladder":
+        return _ladder(args)
     if args.command == "smoke":
         from bench import smoke
 
@@ -116,11 +126,35 @@ def main(argv: list[str] | None = None) -> int:
             f" --name {name}" if name != "kernels" else "")
         _report(res, name, kernels.table(res), f"python -m bench kernels{quick}{extra}", args.no_save,
                 plot=kernels.plot)
+    if args.command == "all":
+        # its own process: the ladder chooses Numba's CUDA simulator when there is no GPU, a choice
+        # fixed for the process, and the training benchmark must not find numba-cuda there
+        flags = (["--quick"] if args.quick else []) + (["--no-save"] if args.no_save else [])
+        status = subprocess.call([sys.executable, "-m", "bench", "ladder", *flags])
+        if status != 0:
+            print(f"python -m bench ladder exited {status}", file=sys.stderr)
     if args.command in ("train", "all"):
         batches = tuple(int(b) for b in getattr(args, "batches", "128,1024").split(","))
         rounds, steps = (3, 10) if args.quick else (7, 20)
         res = train_step.run(batches, rounds=rounds, steps=steps)
         _report(res, "train", train_step.table(res), f"python -m bench train{quick}", args.no_save)
+    return status
+
+
+def _ladder(args) -> int:
+    """``python -m bench ladder``: Numba's simulator chosen before anything imports numba.cuda."""
+    from bench import ladder
+
+    if args.require_gpu and ladder.cupy_on_a_gpu() is None:
+        print(f"no GPU: {backends.available().get('cupy')}")
+        return NO_GPU
+    ladder.select_simulator()
+    families = (args.op,) if args.op else kernels.FAMILIES
+    command = "python -m bench ladder" + (f" --op {args.op}" if args.op else "") + (
+        " --quick" if args.quick else "") + (" --require-gpu" if args.require_gpu else "")
+    with _Stream("ladder", args.no_save) as stream:
+        res = ladder.run(families, args.quick, log=lambda s: print(s, file=sys.stderr), on_row=stream.write)
+    _report(res, "ladder", ladder.table(res), command, args.no_save, plot=ladder.plot)
     return 0
 
 

@@ -17,8 +17,10 @@ a line in ``summary.txt``: passed, failed, skipped, out of time, or no GPU.
    in parallel, with ``MINIVAE_REQUIRE_GPU=1`` (a GPU test that would skip or fall back to the
    simulator fails instead) and a JUnit XML each;
 5. kernels: ``python -m bench kernels --quick`` on the GPU backends;
-6. train: ``python -m bench gpu-train --quick``: the training step against PyTorch eager on CUDA;
-7. sweep: the full GPU size sweep of ``python -m bench kernels``, with the time that is left.
+6. ladder: ``python -m bench ladder --quick``: every version of every op (each rung of the linear
+   op's ladders, Numba CUDA and CUDA C, beside cuBLAS and the CPU versions) validated and timed;
+7. train: ``python -m bench gpu-train --quick``: the training step against PyTorch eager on CUDA;
+8. sweep: the full GPU size sweep of ``python -m bench kernels``, with the time that is left.
 
 Every benchmark writes each result as it is measured (JSON lines), so a stage cut off by its limit
 loses one case, not the stage. At the end, whatever happened, the work folder is packed into the
@@ -67,8 +69,8 @@ GPU_TESTS = [("tests/test_kernels_linear_cuda.py", "not emulat and not trap and 
 # A dry run's CPU subset: the launch checks and the timing method, quick and GPU-free.
 CPU_TESTS = [("tests/test_cuda_launch_sites.py", None), ("tests/test_gpu_timing.py", None)]
 # The files packed beside the archive, to read first (the archive has them too).
-READ_FIRST = ("environment.txt", "smoke.jsonl", "failures.txt", "bench/kernels-gpu.md", "bench/gpu-train.md",
-              "bench/kernels-gpu-full.md")
+READ_FIRST = ("environment.txt", "smoke.jsonl", "failures.txt", "bench/kernels-gpu.md", "bench/ladder.md",
+              "bench/gpu-train.md", "bench/kernels-gpu-full.md")
 
 
 @dataclass
@@ -375,7 +377,7 @@ def environment(run: Run) -> Stage:
     return run.add(stage)
 
 
-# ---- 3-7. the GPU stages -----------------------------------------------------------------------------
+# ---- 3-8. the GPU stages -----------------------------------------------------------------------------
 
 def status_of(code: int | None) -> str:
     if code is None:
@@ -385,7 +387,8 @@ def status_of(code: int | None) -> str:
 
 def jsonl_detail(path: Path, row_key: str, ok_when) -> tuple[int, int]:
     """(results, failed results) of a JSON-lines file: the lines with ``row_key``, and those of them
-    ``ok_when`` rejects."""
+    ``ok_when`` rejects; a line that restates an earlier result (``restated``: timed again) is not
+    counted twice."""
     rows = bad = 0
     if path.exists():
         for line in path.read_text().splitlines():
@@ -393,7 +396,7 @@ def jsonl_detail(path: Path, row_key: str, ok_when) -> tuple[int, int]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if row_key in row:
+            if row_key in row and not row.get("restated"):
                 rows += 1
                 bad += not ok_when(row)
     return rows, bad
@@ -630,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
                 tests(run, GPU_TESTS, "tests", require_gpu=True, cap=180)
             gpu = ["--backends", GPU_BACKENDS, "--require-gpu"]
             bench(run, "kernels", ["kernels", "--quick", *gpu, "--name", "kernels-gpu"], "kernels-gpu",
-                  90, 80)
+                  90, 155)
+            bench(run, "ladder", ["ladder", "--quick", "--require-gpu"], "ladder", 75, 80)
             bench(run, "train", ["gpu-train", "--quick"], "gpu-train", 75, 25)
             bench(run, "sweep", ["kernels", *gpu, "--name", "kernels-gpu-full"], "kernels-gpu-full", 1e9, 0,
                   minimum=20)

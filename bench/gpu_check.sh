@@ -7,8 +7,9 @@
 # without build isolation, or a linked fallback that builds nothing), record the environment and
 # where libNVVM is, launch every CUDA C and Numba CUDA kernel once against NumPy (smoke), run the
 # GPU test files (one process each, MINIVAE_REQUIRE_GPU=1: nothing skips or falls back to the
-# simulator), benchmark the kernels, the training step against PyTorch eager on CUDA, then the
-# full GPU size sweep with the time that is left.
+# simulator), benchmark the kernels, validate and time every version of every op (the ladder),
+# the training step against PyTorch eager on CUDA, then the full GPU size sweep with the time that
+# is left.
 #
 # What it leaves in $OUT, whatever happens (default: bench/results/gpu-check-<UTC date and time>):
 # summary.txt (one line per stage: passed / failed / skipped / out of time / no GPU, and the tests'

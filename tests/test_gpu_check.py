@@ -98,13 +98,13 @@ def test_the_whole_script_dry_runs_in_a_fresh_copy_and_packs_what_comes_back(bar
     matched = re.search(r"(\d+)/(\d+) kernels match the reference", summary)
     assert matched and matched[1] == matched[2] and int(matched[1]) >= 20, summary
     assert status["tests (CPU subset)"] == "passed"
-    for stage in ("smoke", "tests", "kernels", "train", "sweep"):  # the GPU stages: ran, said so
+    for stage in ("smoke", "tests", "kernels", "ladder", "train", "sweep"):  # the GPU stages: ran, said so
         assert status[stage] == "no GPU", (stage, summary)
     assert "result: dry run passed" in summary and "tests: " in summary
 
     with tarfile.open(out / "gpu-check.tar.gz") as tar:
         names = set(tar.getnames())
-    for stage in ("install", "environment", "smoke-cpu", "smoke", "kernels", "train", "sweep"):
+    for stage in ("install", "environment", "smoke-cpu", "smoke", "kernels", "ladder", "train", "sweep"):
         assert f"logs/{stage}.log" in names, (stage, names)
     assert {"smoke-cpu.jsonl", "environment.txt", "summary.txt", "tests/test_cuda_launch_sites.xml"} <= names
     assert not any(n.startswith("site/") for n in names)
@@ -187,6 +187,23 @@ def test_a_benchmark_cut_by_its_limit_keeps_the_cases_it_finished(tmp_path, monk
     stage = gpu_check.bench(run, "kernels", ["kernels"], "k", cap=3, keep_for_later=0, minimum=1)
     assert stage.status == "out of time"
     assert stage.detail.startswith("3 results in k.jsonl, 1 failed validation; cut at")
+
+
+def test_a_result_timed_again_is_counted_once(tmp_path):
+    """bench kernels streams a row again (``restated``) when it was timed a second time beside its
+    repeat: the stage's count of results is not inflated by it."""
+    import json
+
+    path = tmp_path / "k.jsonl"
+    rows = [{"op": "a", "status": None}, {"op": "b", "status": "failed"}, {"op": "a", "status": None,
+                                                                              "restated": True}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert gpu_check.jsonl_detail(path, "status", lambda r: r.get("status") is None) == (2, 1)
+
+
+def test_the_ladders_gpu_table_comes_back_beside_the_archive():
+    assert "bench/ladder.md" in gpu_check.READ_FIRST
+    assert gpu_check.READ_FIRST.index("bench/ladder.md") < gpu_check.MAX_FILES - 2  # never the one left out
 
 
 def test_without_time_left_a_stage_is_out_of_time_without_running(tmp_path):
