@@ -12,10 +12,13 @@ On the CPU:
 
 * memory: exactly the row's bytes moved two ways, and the faster counts: a copy (dst = src, half the
   bytes read, half written) and an in-place update (a += b: two thirds read, one third written
-  back where it was read). A copy alone is not a ceiling for an op that updates in place: its
-  destination's cache lines are read before they are written (write-allocate), which an in-place
-  update never pays, and Adam, four arrays read and three of them written back, ran at 121% of the
-  copy alone;
+  back where it was read). A copy alone is not a ceiling for an op that updates in place: a plain
+  store first reads the line it writes (write-allocate), which an update of lines it has just
+  read does not pay, and a large copy (glibc's memcpy, under np.copyto) switches to stores that
+  bypass the cache, so it meets DRAM's speed where the working set would fit in the last-level
+  cache. Adam had run at 121% of the copy alone (bench/results/amd-epyc-2026-12-01); at its 2M
+  parameters (56 MB) one measurement on a 2-core Xeon with a 480 MiB L3 gave 10.8 GB/s for the
+  copy and 45.6 GB/s for the update;
 * compute (GEMMs): the vendor BLAS's float32 product of two ``MATMUL_PROBE_N`` square matrices;
 * exp and log: the fastest float32 exp (and log) here, in elements per second, on arrays that stay
   in cache: NumPy's ``np.exp`` / ``np.log`` (one thread) and ``kernels/common/vecmath.py``'s
