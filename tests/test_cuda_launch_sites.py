@@ -92,7 +92,7 @@ def recorded(monkeypatch):
         launches.append(("numba", the_site("numba", sys._getframe(1)), None, kernel, args))
 
     # imported here, not at the top: importing numba.cuda while the tests are collected would fix
-    # its target before tests/test_kernels_numba_cuda.py selects the simulator
+    # its target before the kernel test files select the simulator (tests/kernel_variants.py)
     from minivae.kernels.wiring import numba_cuda as nbc
 
     monkeypatch.setattr(cuda_load, "load", lambda path, backend="emulate": Recorder(path))

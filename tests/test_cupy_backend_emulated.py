@@ -2,7 +2,8 @@
 and the CUDA C kernels run on the emulator, so the table's wiring (which launcher gets which array,
 views instead of copies, the eps-given path, Adam through the optimiser's hook) is checked on every
 commit, not only on a GPU. The stand-in is NumPy itself under CuPy's name; nothing here shows that
-CuPy behaves like NumPy, which the GPU tests of test_kernels_linear_cuda.py do on a GPU.
+CuPy behaves like NumPy, which tests/test_backend_cupy.py and the cupy variant of tests/test_kernels_*.py
+do on a GPU.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Launcher for ``cuda_c.cu``: one Adam or AdamW step, in place, as ``minivae.optim.Adam`` /
-``AdamW`` take it (PyTorch's rule; float32 tolerances in tests/test_kernels_elementwise_cuda.py)."""
+``AdamW`` take it (PyTorch's rule; float32 tolerances in tests/test_kernels_adam.py)."""
 
 from __future__ import annotations
 

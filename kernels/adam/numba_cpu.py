@@ -5,7 +5,7 @@ parameter through ~12 separate ufunc passes; this kernel reads each entry of the
 and writes three. The step-dependent scalars are computed here in Python double precision, exactly
 as ``optim.Adam`` computes them, then cast to the parameter's dtype (what NumPy does with a Python
 float operand), and the per-element operations run in the same order without fused multiply-adds,
-so the results equal ``optim.Adam``'s bit for bit (tests/test_kernels_numba_cpu.py).
+so the results equal ``optim.Adam``'s bit for bit (tests/test_kernels_adam.py).
 """
 
 from __future__ import annotations

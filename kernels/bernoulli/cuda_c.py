@@ -1,7 +1,7 @@
 """Launcher for ``cuda_c.cu``: the Bernoulli log-likelihood and its gradient in one pass.
 
 Same results as ``minivae.likelihoods.Bernoulli`` (forward, then backward with a constant dlogp),
-to float32 tolerances (see tests/test_kernels_elementwise_cuda.py).
+to float32 tolerances (see tests/test_kernels_bernoulli.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Launcher for ``cuda_c.cu``: the K-sample bound and the softmax weights of the log-weights.
 
 Same results as ``minivae.iwae.importance_weights`` to float32 tolerances (see
-tests/test_kernels_iwae.py).
+tests/test_kernels_importance_weights.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Launchers for ``cuda_c.cu``: ``forward`` (z and KL) and ``backward`` (dmu, dlogvar).
 
 Same results as ``minivae.latent`` with ``eps = minivae.philox.normal_eps_like(seed, offset,
-z.shape)``, to float32 tolerances (see tests/test_kernels_elementwise_cuda.py).
+z.shape)``, to float32 tolerances (see tests/test_kernels_latent.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Numba CPU form of the fused linear(+activation) op: ``y = act(x W^T + b)`` and its backward.
 
 NumPy reference: ``minivae.layers.linear_act_forward/linear_act_backward`` (the numpy backend's
-op); same signatures and results (tests/test_kernels_numba_cpu.py).
+op); same signatures and results (tests/test_kernels_linear.py).
 
 The GEMMs stay with NumPy's vendor BLAS (OpenBLAS here): it is register-blocked, vectorised and
 cache-tiled for this very CPU, and a hand-written Numba GEMM reaches a fraction of it; the CUDA
