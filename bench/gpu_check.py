@@ -59,12 +59,13 @@ MAX_FILE_BYTES = 16 * 2**20  # of at most 16 MiB each
 KILL_GRACE_S = 5  # between SIGTERM and SIGKILL for a stage past its limit
 PACK_RESERVE_S = 15  # kept for packing at the end, whatever the stages took
 GPU_BACKENDS = "cupy,numba-cuda"
-# The GPU test files, one process each, with the tests selected on a GPU: -k drops the linear
-# kernels' emulator runs and the emulator-only fault and sanitizer builds (CI runs them). The
-# elementwise CUDA C kernels' own test file runs on the emulator only; on the GPU they are checked by
-# the smoke stage and test_kernels_linear_cuda.py's cupy-backend tests.
-GPU_TESTS = [("tests/test_kernels_linear_cuda.py", "not emulat and not trap and not sanitizer"),
-             ("tests/test_kernels_numba_cuda.py", None),
+# The GPU test files, one process each: each op's kernel tests with -k selecting its GPU variants
+# (numba_cuda, which runs on the GPU when there is one, and cupy: the CUDA C kernels through CuPy;
+# the numba_cpu and emulator runs, faults and sanitizer builds are CI's), the two GPU backends'
+# whole-model tests, and the timing method.
+GPU_TESTS = [*((f"tests/test_kernels_{op}.py", "numba_cuda or cupy")
+               for op in ("linear", "latent", "bernoulli", "importance_weights", "adam")),
+             ("tests/test_backend_numba_cuda.py", None), ("tests/test_backend_cupy.py", None),
              ("tests/test_gpu_timing.py", None)]
 # A dry run's CPU subset: the launch checks and the timing method, quick and GPU-free.
 CPU_TESTS = [("tests/test_cuda_launch_sites.py", None), ("tests/test_gpu_timing.py", None)]

@@ -128,7 +128,7 @@ def select_simulator() -> None:
     Numba reads NUMBA_ENABLE_CUDASIM when numba is imported and on ``numba.config.reload_config()``,
     and picks the target when ``numba.cuda`` is first imported: so set it, reload, import, then
     restore the environment and the config, so that nothing started from this process (a child, a
-    benchmark) inherits the setting. tests/test_kernels_numba_cuda.py does the same."""
+    benchmark) inherits the setting. tests/kernel_variants.py (select_simulator) does the same."""
     if "numba.cuda" in sys.modules or "NUMBA_ENABLE_CUDASIM" in os.environ or cupy_on_a_gpu() is not None:
         return
     try:

@@ -3,7 +3,7 @@ reference; what runs emulated says so and has no speed; a wrong version is repor
 timed; the table's columns and ratios follow from its own rows. Nothing here asserts a speed.
 
 Numba's CUDA simulator is selected at import, as the command does first thing (and as
-tests/test_kernels_numba_cuda.py does): without a GPU the Numba CUDA versions run there, the CUDA C
+tests/kernel_variants.py does): without a GPU the Numba CUDA versions run there, the CUDA C
 ones on the host emulator. Sizes are shrunk and rounds few: the point is the bookkeeping.
 """
 
