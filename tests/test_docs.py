@@ -41,6 +41,8 @@ def _spans(text: str) -> list[str]:
 
 SPANS = _spans(DOC.read_text())
 FILE_REFS = [m for m in map(FILE_REF.match, SPANS) if m]
+KERNELS_DOC = ROOT / "kernels" / "README.md"
+KERNELS_REFS = [m for m in map(FILE_REF.match, _spans(KERNELS_DOC.read_text())) if m]
 
 
 def _minivae_modules() -> dict[str, object]:
@@ -88,11 +90,12 @@ def test_the_page_names_code_in_the_checked_forms():
             "minivae/backends.py", "kernels/linear/numba_cpu.py"} <= named
 
 
-@pytest.mark.parametrize("ref", [m.group(0) for m in FILE_REFS])
-def test_every_code_name_the_page_writes_exists(ref):
+@pytest.mark.parametrize(("doc", "ref"), [("docs/derivations.md", m.group(0)) for m in FILE_REFS]
+                         + [("kernels/README.md", m.group(0)) for m in KERNELS_REFS])
+def test_every_code_name_the_page_writes_exists(doc, ref):
     m = FILE_REF.match(ref)
     path = ROOT / m.group("path")
-    assert path.is_file(), f"docs/derivations.md names {m.group('path')}, which does not exist"
+    assert path.is_file(), f"{doc} names {m.group('path')}, which does not exist"
     if not m.group("names"):
         return
     names = [n.strip() for n in m.group("names").split(",")]
@@ -101,7 +104,64 @@ def test_every_code_name_the_page_writes_exists(ref):
         missing = [n for n in names if not _lookup_import(module, n)]
     else:
         missing = [n for n in names if not _lookup_ast(path, n)]
-    assert not missing, f"docs/derivations.md names {missing} in {m.group('path')}, which has no such name"
+    assert not missing, f"{doc} names {missing} in {m.group('path')}, which has no such name"
+
+
+# ---- kernels/README.md: the map of the study rooms ------------------------------------------------
+
+VARIANT_FILES = ("numba_cpu.py", "numba_cuda.py", "cuda_c.cu", "cuda_c.py")
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The cells of every body row of the markdown tables in ``section``."""
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in r.strip("|").split("|")] for r in rows
+            if not set(r) <= set("|-: ") and not r.startswith("| op |") and not r.startswith("| rung |")]
+
+
+def _kernels_section(heading: str) -> str:
+    text = KERNELS_DOC.read_text()
+    start = text.index(f"## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _table_ops() -> set[str]:
+    """The ops of the backend table: linear_forward/linear_backward -> linear, and so on."""
+    from dataclasses import fields
+
+    from minivae.backends import Backend
+
+    ops = {f.name.removesuffix("_forward").removesuffix("_backward").removesuffix("_many")
+           for f in fields(Backend) if f.name not in ("name", "xp", "on_gpu")}
+    return ops
+
+
+def test_the_rooms_are_the_ops_of_the_backend_table():
+    rooms = {p.parent.name for p in (ROOT / "kernels").glob("*/cuda_c.cu")}
+    assert rooms == _table_ops()
+    for room in rooms:
+        present = {f for f in VARIANT_FILES if (ROOT / "kernels" / room / f).is_file()}
+        assert present == set(VARIANT_FILES), room
+
+
+@pytest.mark.parametrize("op", sorted(_table_ops()))
+def test_the_kernels_map_names_every_variant_test_and_bench_command_of_each_op(op):
+    rows = {r[0]: " ".join(r[1:]) for r in _table_rows(_kernels_section("The map"))}
+    assert op in rows, f"kernels/README.md's map has no row for {op}"
+    row = rows[op]
+    for f in VARIANT_FILES:
+        assert f"kernels/{op}/{f}" in row, f"the {op} row does not name kernels/{op}/{f}"
+    assert f"`tests/test_kernels_{op}.py`" in row and (ROOT / "tests" / f"test_kernels_{op}.py").is_file()
+    assert f"`python -m bench ladder --op {op}`" in row
+
+
+def test_the_ladder_table_of_kernels_readme_is_the_rungs_the_code_numbers():
+    ast_rungs = next(n for n in ast.parse((ROOT / "kernels" / "linear" / "__init__.py").read_text()).body
+                     if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "RUNGS")
+    rungs = ast.literal_eval(ast_rungs.value)
+    table = {int(r[0]): r[1] for r in _table_rows(_kernels_section("The linear ladder"))}
+    assert table == rungs
 
 
 def test_every_bare_code_name_on_the_page_exists_in_minivae():
