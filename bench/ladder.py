@@ -39,8 +39,6 @@ the rung below (same variant) and to the vendor way on its device (``numpy`` on 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +48,7 @@ import numpy as np
 from bench import kernels
 from minivae.backends import NUMPY
 from minivae.kernels.linear import PRODUCTION_RUNG, RUNGS
+from minivae.kernels.wiring import simulator
 
 FAMILIES = kernels.FAMILIES
 U = 2.0**-24  # float32's unit roundoff
@@ -123,25 +122,8 @@ def cupy_on_a_gpu() -> Any:
 
 def select_simulator() -> None:
     """Make ``numba.cuda`` Numba's CUDA simulator unless CuPy sees a GPU, the environment already
-    chose (NUMBA_ENABLE_CUDASIM), or ``numba.cuda`` is imported (its target is then fixed).
-
-    Numba reads NUMBA_ENABLE_CUDASIM when numba is imported and on ``numba.config.reload_config()``,
-    and picks the target when ``numba.cuda`` is first imported: so set it, reload, import, then
-    restore the environment and the config, so that nothing started from this process (a child, a
-    benchmark) inherits the setting. tests/kernel_variants.py (select_simulator) does the same."""
-    if "numba.cuda" in sys.modules or "NUMBA_ENABLE_CUDASIM" in os.environ or cupy_on_a_gpu() is not None:
-        return
-    try:
-        import numba
-    except ImportError:
-        return
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-    try:
-        numba.config.reload_config()
-        import numba.cuda  # noqa: F401  (the choice is made here)
-    finally:
-        del os.environ["NUMBA_ENABLE_CUDASIM"]
-        numba.config.reload_config()
+    chose (NUMBA_ENABLE_CUDASIM), or ``numba.cuda`` is imported (kernels/wiring/simulator.py)."""
+    simulator.select_simulator(gpu=cupy_on_a_gpu() is not None)
 
 
 def places() -> dict[str, Place | str]:

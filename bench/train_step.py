@@ -6,7 +6,8 @@ Adam, batch 128, float32) on 28x28 inputs. The inputs are seeded random binary i
 not depend on what the pixels show, and the benchmark needs no download.
 
 Honest measuring on a noisy shared machine: the implementations run interleaved (ABAB rounds) in
-one process, each round a fixed number of steps after warm-up; we report the median and the
+one process, each round a fixed number of steps after warm-up, started once every other library's
+threads have stopped spinning (``settle``) and after one untimed step; we report the median and the
 minimum per step and the ratio of medians measured in the same run. The float32 matmul peak is
 the best of a 2048^3 matmul sampled at the start and once in every round, beside the steps, and
 the step's FLOP count (the GEMMs; elementwise work is not counted) gives the share of that peak
@@ -339,6 +340,19 @@ def _device_sync() -> None:
         torch.cuda.synchronize()
 
 
+# Seconds every round waits before it starts. The BLAS and OpenMP pools of the libraries in one
+# process keep their threads spinning for a while after their last call (OpenBLAS for ~2^28 cycles,
+# libgomp for its spin count): a round that starts right after another library's would share the
+# cores with those spinning threads. Measured here: the step's GEMMs through PyTorch timed right
+# after NumPy's took 6.6 ms a step at batch 128, against 1.5 ms on their own.
+SETTLE_S = 0.25
+
+
+def settle() -> None:
+    """Give the cores back to this round: wait until every other pool's threads have gone to sleep."""
+    time.sleep(SETTLE_S)
+
+
 def _round(step: Callable[[int], float], steps: int, start: int,
            sync: Callable[[], None] | None = None) -> tuple[float, int]:
     """Seconds per step over ``steps`` steps (``sync`` waits for a device before the clock stops),
@@ -438,6 +452,8 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
             # 48 MiB leave the caches cold) changes from round to round
             for name in names[r % len(names):] + names[:r % len(names)]:
                 fn = impls[name]
+                settle()
+                fn(warmup + r * steps)  # untimed: wakes this implementation's threads
                 dt, pf = _round(fn, steps, warmup + r * steps, _device_sync if name in on_gpu else None)
                 times[name].append(dt)
                 faults[name].append(pf)

@@ -26,15 +26,13 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import os
-import sys
 from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import Phase, settings
 
-from minivae.kernels.wiring import emulate
+from minivae.kernels.wiring import emulate, simulator
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -55,29 +53,10 @@ NO_NUMBA = "numba is not installed (the `numba` extra)"
 
 
 def select_simulator() -> None:
-    """Make numba.cuda the simulator unless a GPU is here or the choice is already made.
-
-    Numba picks the simulator or the real target once, when ``numba.cuda`` is first imported, from
-    ``numba.config.ENABLE_CUDASIM``, which it reads from the environment when numba is imported and
-    again on ``numba.config.reload_config()``. Another test module may have imported numba (for its
-    CPU kernels) before this one is collected, so setting the variable is not enough: reload the
-    config, import numba.cuda, then restore the environment and config, so that nothing else in the
-    test run (subprocesses included) inherits the setting. numba.cuda stays what it was imported as:
-    the simulator, for the rest of this process, which is what any later in-process caller of the
-    numba-cuda backend or of ``numba.cuda.is_available()`` sees. Every test module that runs Numba
-    CUDA kernels calls this at its top, before importing anything that imports numba.cuda.
-    """
-    if not HAVE_NUMBA or "numba.cuda" in sys.modules or "NUMBA_ENABLE_CUDASIM" in os.environ or GPU:
-        return
-    import numba
-
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-    try:
-        numba.config.reload_config()
-        import numba.cuda  # noqa: F401  (the choice is made here)
-    finally:
-        del os.environ["NUMBA_ENABLE_CUDASIM"]
-        numba.config.reload_config()
+    """Make numba.cuda the simulator unless a GPU is here or the choice is already made
+    (kernels/wiring/simulator.py says how). Every test module that runs Numba CUDA kernels calls
+    this at its top, before importing anything that imports numba.cuda."""
+    simulator.select_simulator(gpu=GPU)
 
 
 MARKS = {
