@@ -43,6 +43,7 @@ SPANS = _spans(DOC.read_text())
 FILE_REFS = [m for m in map(FILE_REF.match, SPANS) if m]
 KERNELS_DOC = ROOT / "kernels" / "README.md"
 KERNELS_REFS = [m for m in map(FILE_REF.match, _spans(KERNELS_DOC.read_text())) if m]
+README_REFS = [m for m in map(FILE_REF.match, _spans((ROOT / "README.md").read_text())) if m]
 
 
 def _minivae_modules() -> dict[str, object]:
@@ -91,7 +92,8 @@ def test_the_page_names_code_in_the_checked_forms():
 
 
 @pytest.mark.parametrize(("doc", "ref"), [("docs/derivations.md", m.group(0)) for m in FILE_REFS]
-                         + [("kernels/README.md", m.group(0)) for m in KERNELS_REFS])
+                         + [("kernels/README.md", m.group(0)) for m in KERNELS_REFS]
+                         + [("README.md", m.group(0)) for m in README_REFS])
 def test_every_code_name_the_page_writes_exists(doc, ref):
     m = FILE_REF.match(ref)
     path = ROOT / m.group("path")

@@ -43,3 +43,61 @@ def test_the_main_command_prints_the_result_the_readme_quotes(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert run.stdout == quoted.group(1)
+
+
+# ---- the performance section quotes the committed results ------------------------------------------
+
+RESULTS = README.parent / "bench" / "results" / "intel-r--xeon-r--processor-2026-12-03"
+
+
+def _section(heading: str) -> str:
+    start = TEXT.index(heading)
+    end = TEXT.find("\n### ", start + len(heading))
+    return TEXT[start:end]
+
+
+def _rows(section: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if re.match(rf"^\|\s*{first_cell}\s*\|", line)]
+
+
+def test_the_step_table_and_goals_are_the_committed_train_run():
+    import json
+
+    res = json.loads((RESULTS / "train.json").read_text())
+    timed = {(str(r["batch"]), r["impl"]): r for r in res["results"] if "median_ms" in r}
+    section = _section("### The training step against its GEMM floor")
+    rows = _rows(section, r"(128|1024)")
+    step_rows = [r for r in rows if len(r) == 5]
+    assert len(step_rows) == 16
+    for batch, impl, median, floor, _ in step_rows:
+        r = timed[(batch, impl.removesuffix(" (OpenBLAS)"))]
+        assert median == f"{r['median_ms']:.3f}" and floor == f"{r['x_gemm_floor']:.2f}x", (batch, impl)
+    goals = {(str(g["batch"]), g["goal"].removeprefix("minivae-numba ")): g for g in res["goals"]}
+    goal_rows = [r for r in rows if len(r) == 4]
+    assert len(goal_rows) == len(goals) == 6
+    for batch, goal, value, met in goal_rows:
+        g = goals[(batch, goal)]
+        assert value == f"{g['value']:.2f}" and met == ("yes" if g["met"] else "no"), (batch, goal)
+    parts = {r[0]: (r[1], r[2]) for r in _rows(section, r"[a-zA-Z][^|]*")}
+    b = res["breakdown"]
+    for name, keys in {"adam_many (every parameter's update, one call)": ["adam_many"],
+                       "bernoulli": ["bernoulli"], "step": ["step"],
+                       "latent_forward + latent_backward": ["latent_forward", "latent_backward"],
+                       "linear_forward + linear_backward (GEMMs and their fused passes)":
+                           ["linear_forward", "linear_backward"]}.items():
+        want = tuple(f"{sum(b[batch][k] for k in keys):.3f}" for batch in ("128", "1024"))
+        assert parts[name] == want, name
+
+
+def test_the_ladder_rows_quoted_are_the_committed_ladder_run():
+    import json
+
+    rows = json.loads((RESULTS / "ladder.json").read_text())["rows"]
+    by = {(r["op"], r["size"], r["version"]): r for r in rows}
+    quoted = [r for r in _rows(_section("### Every version of every op: the ladder"), r"128x784->400")
+              if r[1] in ("numpy", "numba-cpu")]
+    assert len(quoted) == 2
+    for size, version, _, median, rate, _bound, _share, _ in quoted:
+        r = by[("linear_forward (relu)", size, version)]
+        assert median == f"{r['median_us']:.1f}" and rate == f"{r['rate']:.1f} {r['unit']}", version

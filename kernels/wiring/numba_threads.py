@@ -26,6 +26,11 @@ OpenMP layer binds to that copy, whose threads spin (it read the environment at 
 one thread. So workqueue it stays, and a step at batch 128 runs every pass, the optimiser's
 included (``kernels/adam/numba_cpu.py``), on one Numba thread.
 
+The parallel loops themselves run slowly on workqueue here: the linear op's fused backward pass at
+4096 x 1024 (relu, ``kernels/linear/numba_cpu.py``) took 2.4-3.4 ms on one thread, 4.8 ms on two
+workqueue threads and 8.0 ms on one (NUMBA_NUM_THREADS=1), against 1.4 ms on two OpenMP threads.
+Why the workqueue's workers run the same code slower is not known.
+
 Numba reads ``numba.config.THREADING_LAYER`` when it starts its thread pool, at the first launch
 of a parallel kernel; every kernel module of this package imports this one first. The choice also
 goes into the environment, because ``numba.config.reload_config()`` (which other code, e.g. a
