@@ -127,6 +127,22 @@ def to_device(variant: str, a: np.ndarray) -> Any:
     return a
 
 
+def zeros_on(variant: str):
+    """``zeros(*shape, dtype=float32)`` on ``variant``'s device: what a launcher-check case builds its
+    arguments from."""
+    def zeros(*shape, dtype=np.float32):
+        return to_device(variant, np.zeros(shape, dtype))
+
+    return zeros
+
+
+def assert_rejects(op: str, variant: str, call, match: str) -> None:
+    """``call(module, zeros)`` raises ValueError matching ``match``: ``module`` is ``variant``'s file
+    of ``op``, ``zeros`` builds arrays on its device (``zeros_on``)."""
+    with pytest.raises(ValueError, match=match):
+        call(kernel_module(op, variant), zeros_on(variant))
+
+
 def host(a: Any) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stand_in_gpu import StandInDevice
 
 from bench import ceilings, kernels
 from minivae.backends import NUMPY, Backend
@@ -193,22 +194,6 @@ def test_page_faults_per_call_count_what_each_call_allocates(monkeypatch):
 
 
 # ---- GPU rows, on the CPU ------------------------------------------------------------------------
-
-class StandInDevice:
-    """Where GPU rows would be timed: ``time_on_device`` is replaced below, so this only names the
-    device and hands out the ceilings' ops."""
-
-    name, l2_bytes = "stand-in", 2**20
-
-    def sgemm(self, n):
-        return lambda: None
-
-    def copy(self, nbytes):
-        return lambda: None
-
-    def exp_log(self, func, fast):
-        return (lambda: None), 1e6
-
 
 def test_gpu_rows_are_timed_one_way_with_their_dispatch_and_streamed_as_they_finish(small_cases, monkeypatch):
     """A backend on a (stand-in) GPU: every one of its rows, GEMM or elementwise, is timed by

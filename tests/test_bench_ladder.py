@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stand_in_gpu import StandInDevice
 
 from bench import kernels, ladder
 from minivae.kernels.linear import RUNGS
@@ -317,22 +318,6 @@ def test_bench_all_runs_the_ladder_in_a_process_of_its_own(monkeypatch):
 
 
 # ---- on a GPU, on the CPU ------------------------------------------------------------------------------
-
-class StandInDevice:
-    """Where GPU versions would be timed: ``time_on_device`` is replaced, so this only names the
-    device and hands out the ceilings' ops."""
-
-    name, l2_bytes = "stand-in", 2**20
-
-    def sgemm(self, n):
-        return lambda: None
-
-    def copy(self, nbytes):
-        return lambda: None
-
-    def exp_log(self, func, fast):
-        return (lambda: None), 1e6
-
 
 def test_on_a_gpu_its_versions_are_timed_on_the_device_against_cupy_vendor(tiny, monkeypatch):
     """A stand-in GPU: CUDA C (run by the emulator) and the vendor way (the reference on this

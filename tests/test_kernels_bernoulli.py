@@ -32,6 +32,7 @@ from kernel_variants import (  # noqa: E402
     numba_cuda_outputs_start_as_nan,  # noqa: F401  (an autouse fixture)
     params,
     to_device,
+    zeros_on,
 )
 
 from minivae.likelihoods import Bernoulli  # noqa: E402
@@ -133,10 +134,6 @@ REJECTED = [
 @pytest.mark.parametrize(("variant", "args", "match"), REJECTED)
 def test_launchers_reject_bad_arguments_naming_them(variant, args, match):
     mod = kernel_module("bernoulli", variant)
-
-    def zeros(*shape, dtype=np.float32):
-        return to_device(variant, np.zeros(shape, dtype))
-
     launcher = mod.bernoulli_forward_backward if variant == "cuda_c" else mod.bernoulli
     with pytest.raises(ValueError, match=match):
-        launcher(*args(zeros))
+        launcher(*args(zeros_on(variant)))
