@@ -477,6 +477,14 @@ def test_cuda_c_numbers_and_names_the_rungs_as_rungs_does_and_reads_them_top_to_
     assert tuple(cuda_c.FORWARD) == tuple(rungs) and set(cuda_c.BACKWARD) <= set(rungs)
     first = [text.index(f"void {rung.kernel}(") for _, rung in sorted(cuda_c.FORWARD.items())]
     assert first == sorted(first)
+    # every kernel of a rung comes after the previous rung's, and the helpers only the tiled rungs use
+    # come after rung 1, each just before the first rung that uses it
+    kernels = [(int(name[-1]), text.index(f"void {name}(")) for name in re.findall(
+        r"void (linear_(?:forward|backward_dx|backward_dw)_\d)\(", text)]
+    assert [n for n, _ in sorted(kernels, key=lambda k: k[1])] == sorted(n for n, _ in kernels)
+    where = {n: min(pos for m, pos in kernels if m == n) for n, _ in kernels}
+    for helper, user in (("void for_each_k_slice(", 2), ("void load_rows(", 3), ("void load_cols(", 3)):
+        assert where[user - 1] < text.index(helper) < where[user], helper
     assert cuda_c.PRODUCTION == linear_codes.PRODUCTION_RUNG
     for launcher in (cuda_c.forward, cuda_c.backward):
         assert inspect.signature(launcher).parameters["version"].default == linear_codes.PRODUCTION_RUNG

@@ -27,8 +27,9 @@
 // of a column (8 FMAs per shared load of W), and rung 4, the production one, 8 x 8 outputs with
 // float4 global and shared loads and stores. Every rung ends in the same fused epilogue: add the
 // bias, apply the activation, store y. The backward has rung 1 (naive) and rung 4; rungs 2 and 3
-// would teach nothing the forward does not. The file reads: what every rung shares, the k-major
-// tile loaders of rungs 3 and 4, then the rungs from 1 to 4.
+// would teach nothing the forward does not. The file reads: what every rung shares, then the rungs
+// from 1 to 4, each after the helpers it is the first to use (the k-slice loop before rung 2, the
+// k-major tile loaders before rung 3).
 #include "launch.cuh"
 
 // ---- activations -------------------------------------------------------------------------------
@@ -157,67 +158,6 @@ struct Identity {
     __device__ float operator()(float v, int) const { return v; }
 };
 
-// The shape every tiled kernel shares: stage a BK-slice of both operands in shared memory, wait,
-// multiply it into the accumulators, wait again before the next slice overwrites it.
-template <int BK, class Load, class Multiply>
-__device__ __forceinline__ void for_each_k_slice(int K, Load load, Multiply multiply) {
-    for (int k0 = 0; k0 < K; k0 += BK) {
-        load(k0);
-        __syncthreads();  // the whole slice is in shared memory before anyone reads it
-        multiply();
-        __syncthreads();  // everyone has read the slice before the next one overwrites it
-    }
-}
-
-// ---- rungs 3 and 4: k-major shared tiles ---------------------------------------------------------
-// Both operands are staged as tile[k][w] (w: the row of A or the column of B), so the inner product
-// reads one k-row of each tile. 4 floats of padding per row keep float4 rows 16-byte aligned and
-// make the transposing stores of load_rows conflict-free (see there).
-constexpr int TILE_PAD = 4;
-
-// tile[k][w] = src(row0 + w, k0 + k) for a K-contiguous src (rows x K): the tile is the transpose of
-// the slice. With VEC, 4 consecutive k of one row are one float4 load where the operand is aligned
-// and the chunk lies inside K; without, one element per thread and load. Bank check for
-// the float4 path with BK = 8, W = 64: a warp stores rows w..w+15 at k = 0..7; tile[k][w] lies at word
-// k (W + 4) + w, bank (4 k + w) mod 32 at k < 4 and 16 + ... at k >= 4: 32 distinct banks.
-template <int W, int BK, int THREADS, bool VEC, class Src>
-__device__ __forceinline__ void load_rows(const Src& src, int row0, int k0, int rows, int K,
-                                          float (*tile)[W + TILE_PAD]) {
-    static_assert(W * BK % ((VEC ? 4 : 1) * THREADS) == 0 && BK % 4 == 0, "whole chunks per thread");
-    if constexpr (VEC) {
-        const bool vec = src.vec4_ok();
-#pragma unroll
-        for (int i = 0; i < W * BK / (4 * THREADS); ++i) {
-            const int e = threadIdx.x + i * THREADS, w = e / (BK / 4), k = e % (BK / 4) * 4;
-            const float4 v = src.chunk(row0 + w, k0 + k, rows, K, vec);
-            tile[k][w] = v.x;
-            tile[k + 1][w] = v.y;
-            tile[k + 2][w] = v.z;
-            tile[k + 3][w] = v.w;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < W * BK / THREADS; ++i) {
-            const int e = threadIdx.x + i * THREADS, w = e / BK, k = e % BK;  // consecutive threads: consecutive k
-            tile[k][w] = load_or_zero(src, row0 + w, k0 + k, rows, K);
-        }
-    }
-}
-
-// tile[k][w] = src(k0 + k, col0 + w) for a K-major src (K x cols): a slice copied as it is, 4
-// consecutive columns per float4 load and shared store where aligned and inside cols.
-template <int W, int BK, int THREADS, class Src>
-__device__ __forceinline__ void load_cols(const Src& src, int k0, int col0, int K, int cols,
-                                          float (*tile)[W + TILE_PAD]) {
-    static_assert(W * BK % (4 * THREADS) == 0 && W % 4 == 0, "whole float4 chunks per thread");
-    const bool vec = src.vec4_ok();
-#pragma unroll
-    for (int i = 0; i < W * BK / (4 * THREADS); ++i) {
-        const int e = threadIdx.x + i * THREADS, k = e / (W / 4), w = e % (W / 4) * 4;
-        *reinterpret_cast<float4*>(&tile[k][w]) = src.chunk(k0 + k, col0 + w, K, cols, vec);
-    }
-}
-
 // ---- rung 1: naive ---------------------------------------------------------------------------------
 // 1: one thread per output y[m][n], its dot product read straight from global memory: 2 loads per FMA.
 // threadIdx.x runs along n, so a warp's stores coalesce; its loads cannot: x and W are both
@@ -278,6 +218,18 @@ extern "C" __global__ void linear_backward_dw_1(const float* __restrict__ dy, co
 // 32 warps.
 constexpr int R2_TILE = 16;
 
+// The shape every tiled kernel shares: stage a BK-slice of both operands in shared memory, wait,
+// multiply it into the accumulators, wait again before the next slice overwrites it.
+template <int BK, class Load, class Multiply>
+__device__ __forceinline__ void for_each_k_slice(int K, Load load, Multiply multiply) {
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        load(k0);
+        __syncthreads();  // the whole slice is in shared memory before anyone reads it
+        multiply();
+        __syncthreads();  // everyone has read the slice before the next one overwrites it
+    }
+}
+
 // 2: each block stages a 16 x 16 slice of x and of W in shared memory, loaded along k (coalesced:
 // a half-warp reads 64 contiguous bytes), then every value is read 16 times from shared memory.
 // W's tile is read down a column (Ws[tx][k]); one float of padding per row puts the 16 threads of
@@ -303,6 +255,55 @@ extern "C" __global__ void linear_forward_2(const float* __restrict__ x, const f
             for (int k = 0; k < R2_TILE; ++k) acc += xs[ty][k] * ws[tx][k];
         });
     if (m0 + ty < n_rows && n0 + tx < d_out) y[offset(m0 + ty, n0 + tx, ldy)] = BiasAct{b, act}(acc, n0 + tx);
+}
+
+// ---- the k-major shared tiles of rungs 3 and 4 -------------------------------------------------
+// Both operands are staged as tile[k][w] (w: the row of A or the column of B), so the inner product
+// reads one k-row of each tile. 4 floats of padding per row keep float4 rows 16-byte aligned and
+// make the transposing stores of load_rows conflict-free (see there).
+constexpr int TILE_PAD = 4;
+
+// tile[k][w] = src(row0 + w, k0 + k) for a K-contiguous src (rows x K): the tile is the transpose of
+// the slice. With VEC, 4 consecutive k of one row are one float4 load where the operand is aligned
+// and the chunk lies inside K; without, one element per thread and load. Bank check for
+// the float4 path with BK = 8, W = 64: a warp stores rows w..w+15 at k = 0..7; tile[k][w] lies at word
+// k (W + 4) + w, bank (4 k + w) mod 32 at k < 4 and 16 + ... at k >= 4: 32 distinct banks.
+template <int W, int BK, int THREADS, bool VEC, class Src>
+__device__ __forceinline__ void load_rows(const Src& src, int row0, int k0, int rows, int K,
+                                          float (*tile)[W + TILE_PAD]) {
+    static_assert(W * BK % ((VEC ? 4 : 1) * THREADS) == 0 && BK % 4 == 0, "whole chunks per thread");
+    if constexpr (VEC) {
+        const bool vec = src.vec4_ok();
+#pragma unroll
+        for (int i = 0; i < W * BK / (4 * THREADS); ++i) {
+            const int e = threadIdx.x + i * THREADS, w = e / (BK / 4), k = e % (BK / 4) * 4;
+            const float4 v = src.chunk(row0 + w, k0 + k, rows, K, vec);
+            tile[k][w] = v.x;
+            tile[k + 1][w] = v.y;
+            tile[k + 2][w] = v.z;
+            tile[k + 3][w] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < W * BK / THREADS; ++i) {
+            const int e = threadIdx.x + i * THREADS, w = e / BK, k = e % BK;  // consecutive threads: consecutive k
+            tile[k][w] = load_or_zero(src, row0 + w, k0 + k, rows, K);
+        }
+    }
+}
+
+// tile[k][w] = src(k0 + k, col0 + w) for a K-major src (K x cols): a slice copied as it is, 4
+// consecutive columns per float4 load and shared store where aligned and inside cols.
+template <int W, int BK, int THREADS, class Src>
+__device__ __forceinline__ void load_cols(const Src& src, int k0, int col0, int K, int cols,
+                                          float (*tile)[W + TILE_PAD]) {
+    static_assert(W * BK % (4 * THREADS) == 0 && W % 4 == 0, "whole float4 chunks per thread");
+    const bool vec = src.vec4_ok();
+#pragma unroll
+    for (int i = 0; i < W * BK / (4 * THREADS); ++i) {
+        const int e = threadIdx.x + i * THREADS, k = e / (W / 4), w = e % (W / 4) * 4;
+        *reinterpret_cast<float4*>(&tile[k][w]) = src.chunk(k0 + k, col0 + w, K, cols, vec);
+    }
 }
 
 // ---- rung 3: 1-D register blocking -----------------------------------------------------------------
