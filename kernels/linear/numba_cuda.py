@@ -14,9 +14,19 @@ cuda_c.cu, one kernel per rung, read top to bottom:
 
 Each rung maps threads to outputs as cuda_c.cu's rung of that number does (blockIdx.x over column
 tiles, blockIdx.y over row tiles) and ends in the same fused epilogue: add the bias, apply the
-activation, store y. Rung 4 is the production one (the numba-cuda backend runs it); against CUDA
-C's rung 4 it lacks float4: Numba has no 16-byte vector loads, so every global and shared access
-moves one element. The backward has rung 1 (naive) and rung 4, as cuda_c.cu's does.
+activation, store y. Rung 4 is the production one (the numba-cuda backend runs it). It takes the
+same step as CUDA C's rung 4, a patch of outputs per thread, but it is a design of its own, not a
+transcription; against cuda_c.cu's rung 4:
+
+* no float4: Numba has no 16-byte vector loads, so every global and shared access moves one element;
+* 32 x 32 tiles with 4 x 4 contiguous patches (CUDA C: 64 x 64, 8 x 8 patches in two column groups);
+* A's slice is staged m-major, (BM, BK), with no padding, where rung 3 and CUDA C stage both
+  operands k-major with TILE_PAD: its shared reads are not conflict-free;
+* one kernel body reads any view, choosing per operand at run time (a stride test) which axis to
+  load along; CUDA C compiles load_rows or load_cols per operand;
+* one backward kernel serves dx and dW (dW through the views dy^T, y^T); CUDA C has one each.
+
+The backward has rung 1 (naive) and rung 4, as cuda_c.cu's does.
 
 Rung 4 is one GEMM body, C = A B, serving all three products of a layer; A and B are 2-D views in
 any layout (W^T and dy^T are transposes, not copies):
@@ -109,8 +119,10 @@ class Tiles:
 # Each rung's own block geometry, cuda_c.cu's where the simulator can afford it. Rung 1: 32 x 8
 # threads, a warp on 32 consecutive outputs of a row (coalesced stores), 8 warps. Rung 2: 16 x 16
 # tiles, 256 threads. Rung 3: 64 x 64 tiles, 8 outputs down a column per thread, 512 threads.
-# Rung 4: 32 x 32 tiles, not CUDA C's 64: the VAE's layers are narrow (a batch of 128 by 400 hidden
-# units is 4 x 13 = 52 tiles), and bigger tiles would leave most of a GPU's SMs idle. 4 x 4 patches
+# Rung 4: 32 x 32 tiles, not CUDA C's 64 x 64. Smaller tiles make more blocks of the VAE's narrow
+# layers (a batch of 128 by 400 hidden units is 4 x 13 = 52 tiles here, 2 x 7 = 14 of CUDA C's),
+# larger ones reuse each load more; which wins on a GPU is for `python -m bench ladder --op linear`
+# to measure there, and no GPU run has been made. 4 x 4 patches
 # give 16 accumulators per thread and 4 FMAs per shared-memory read; 64 threads fill each 32 x 8
 # slice in 4 loads apiece. BK = 8: two 32 x 8 slices are 2 KiB of shared memory in float32.
 TILES = Tiles(bm=32, bn=32, bk=8, tm=4, tn=4)

@@ -1,7 +1,8 @@
 """The ``numba-cuda`` backend: minivae's costly ops as Numba CUDA kernels, and what they share.
 
-The kernels live beside their CUDA C twins, one folder per op family (``linear/numba_cuda.py``,
-``latent/numba_cuda.py``, ``bernoulli/numba_cuda.py``, ``adam/numba_cuda.py``); this module holds the
+The kernels live beside their CUDA C twins, one folder per op (``linear/numba_cuda.py``,
+``latent/numba_cuda.py``, ``bernoulli/numba_cuda.py``, ``importance_weights/numba_cuda.py``,
+``adam/numba_cuda.py``); this module holds the
 host-side rules every one of their launchers follows, the block reduction they share, and
 ``backend()``, which maps ``minivae.backends``' table onto them.
 
