@@ -18,8 +18,9 @@ gradient) at the step's shapes and operand layouts, timed alone through the vend
 preallocated outputs, as one more implementation of the interleaved rounds. No step that computes
 those GEMMs with that BLAS can be faster, so each CPU implementation's time is also reported as a
 multiple of it: what the multiple says above 1 is everything that is not GEMM (elementwise passes,
-the optimiser, allocation, Python and dispatch, thread wake-ups). Where PyTorch is installed, the
-same products through its GEMMs (``gemm-floor-torch``) show what another BLAS would give.
+the optimiser, allocation, Python and dispatch, thread wake-ups). Where PyTorch or the ``blis``
+package is installed, the same products through its GEMMs (``gemm-floor-torch``,
+``gemm-floor-blis``) show what another BLAS would give.
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def step_gemms(batch: int, x_dim: int = X_DIM, hidden: int = HIDDEN,
 
 def gemm_floor_step(batch: int, seed: int = 0, library: str = "numpy") -> Callable[[int], float] | None:
     """The step's GEMMs alone (``step_gemms``), float32, into preallocated outputs: through NumPy's
-    BLAS (``library="numpy"``), the time no implementation of the step on this BLAS can beat; or
-    through PyTorch's CPU GEMMs (``"torch"``, None when torch is not installed), what the same
-    products cost on the BLAS PyTorch ships (MKL or oneDNN on x86), for comparison."""
+    BLAS (``library="numpy"``), the time no implementation of the step on this BLAS can beat; or,
+    for comparison, what the same products cost on another BLAS from the package registry:
+    PyTorch's CPU GEMMs (``"torch"``: MKL or oneDNN on x86) or the ``blis`` package (``"blis"``).
+    None when that library is not installed."""
     rng = np.random.default_rng(seed)
     if library == "torch":
         try:
@@ -77,16 +79,27 @@ def gemm_floor_step(batch: int, seed: int = 0, library: str = "numpy") -> Callab
         except ImportError:
             return None
         matmul, wrap = torch.matmul, torch.from_numpy
+    elif library == "blis":  # the `blis` package: BLIS's kernels, called with transpose flags
+        try:
+            from blis.py import gemm
+        except ImportError:
+            return None
+        wrap = np.asarray
     else:
         matmul, wrap = np.matmul, np.asarray
-    calls = []
+    calls, flags = [], []
     for _, a_shape, b_shape, ta, tb in step_gemms(batch):
         a = wrap(rng.standard_normal(a_shape, dtype=np.float32))
         b = wrap(rng.standard_normal(b_shape, dtype=np.float32))
+        flags.append((a, b, ta, tb))
         a, b = (a.T if ta else a), (b.T if tb else b)  # views, as the step hands the BLAS
         calls.append((a, b, wrap(np.empty((a.shape[0], b.shape[1]), np.float32))))
 
     def step(i: int) -> float:
+        if library == "blis":
+            for (a, b, ta, tb), (_, _, c) in zip(flags, calls, strict=True):
+                gemm(a, b, out=c, trans1=ta, trans2=tb, beta=0.0)
+            return 0.0
         for a, b, c in calls:
             matmul(a, b, out=c)
         return 0.0
@@ -430,9 +443,10 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
     out: dict = {"matmul_peak_gflops": peak, "gpu_matmul_peak_gflops": gpu_peak, **threads, "results": []}
     for batch in batches:
         impls = {"gemm-floor": gemm_floor_step(batch)}
-        torch_floor = gemm_floor_step(batch, library="torch")
-        if torch_floor is not None:
-            impls["gemm-floor-torch"] = torch_floor
+        for library in ("torch", "blis"):  # the same products on other BLAS, where installed
+            other = gemm_floor_step(batch, library=library)
+            if other is not None:
+                impls[f"gemm-floor-{library}"] = other
         impls.update({f"minivae-{name}": minivae_step(batch, backend=name) for name in ok})
         for device in ("cpu", "cuda"):
             for variant in torch_variants:

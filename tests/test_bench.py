@@ -107,15 +107,16 @@ def test_the_gemm_floor_is_the_steps_own_eleven_gemms():
     assert len(step.calls) == 11
     for a, b, c in step.calls:
         np.testing.assert_allclose(c, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=1e-3)
-    torch_floor = t.gemm_floor_step(7, library="torch")
-    if importlib.util.find_spec("torch") is None:
-        assert torch_floor is None
-    else:
-        torch_floor(0)
-        assert len(torch_floor.calls) == 11
-        for a, b, c in torch_floor.calls:
-            np.testing.assert_allclose(c.numpy(), a.numpy().astype(np.float64) @ b.numpy(), rtol=1e-4,
-                                       atol=1e-3)
+    for library, module in (("torch", "torch"), ("blis", "blis")):
+        other = t.gemm_floor_step(7, library=library)
+        if importlib.util.find_spec(module) is None:
+            assert other is None
+            continue
+        other(0)
+        assert len(other.calls) == 11
+        for a, b, c in other.calls:
+            a, b, c = (np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in (a, b, c))
+            np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
 
 
 def test_goals_are_judged_from_the_runs_own_rows():
