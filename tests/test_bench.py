@@ -155,3 +155,41 @@ def test_the_step_breakdown_accounts_for_the_whole_step():
         # the floor is timed beside the step, outside it, and is less than the linear ops that hold it
         assert 0 < row["GEMM floor"] < row["step"]
     assert set(t.step_breakdown(16, "numba", steps=2)) == set(rows[0])
+
+
+def test_the_floors_gemms_are_the_products_the_models_step_computes():
+    """The (m, k, n) of every product one minivae step makes, read off the linear ops it calls (the
+    forward x W^T, the backward's G^T x and, where asked for, G W), are step_gemms' multiset."""
+    import dataclasses
+    from collections import Counter
+
+    from bench import train_step as t
+    from minivae import backends, philox
+    from minivae.model import VAE
+
+    batch, made, shapes = 16, Counter(), {}
+    be = backends.get_backend("numpy")
+
+    def forward(x, W, b, act):
+        made[(x.shape[0], x.shape[1], W.shape[0])] += 1  # y = x W^T
+        y, cache = be.linear_forward(x, W, b, act)
+        shapes[id(cache)] = (x.shape, W.shape)
+        return y, cache
+
+    def backward(dy, cache, need_dx=True):
+        (n, d_in), (d_out, _) = shapes[id(cache)]
+        made[(d_out, n, d_in)] += 1  # dW = G^T x
+        if need_dx:
+            made[(n, d_out, d_in)] += 1  # dx = G W
+        return be.linear_backward(dy, cache, need_dx)
+
+    model = VAE(t.X_DIM, t.Z_DIM, (t.HIDDEN,), rng=np.random.default_rng(0),
+                backend=dataclasses.replace(be, linear_forward=forward, linear_backward=backward))
+    x = (np.random.default_rng(1).random((batch, t.X_DIM)) < 0.3).astype(np.float32)
+    model.loss(x, rng=philox.Stream(0), check=False)
+    want = Counter()
+    for _, a, b, ta, tb in t.step_gemms(batch):
+        m, k = a[::-1] if ta else a
+        n = b[0] if tb else b[1]
+        want[(m, k, n)] += 1
+    assert made == want
