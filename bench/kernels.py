@@ -23,7 +23,10 @@ its own working set (``bench/ceilings.py``): FLOPs / the BLAS's matmul rate, byt
 a copy and an in-place update of exactly those bytes, and exp + log evaluations (the count beside
 each op, ``exp_log_count``) / the fastest float32 exp and log here. The largest floor is the one
 that binds (the ``bound`` column); the share of the ceiling is that floor over the row's median.
-A row faster than its floor is marked and explained, never shown above 100% silently.
+Each CPU row's probes run on as many threads as its kernel (``Case.threads`` for the Numba kernel,
+one for NumPy's passes), and the row records them (``threads``, ``ceiling_probes``). A row faster
+than its floor is marked, never shown above 100% silently: its footnote gives both numbers and says
+"not explained", for no reason has been measured.
 
 On the CPU the ``numpy`` backend *is* the vendor-library way (BLAS GEMM, then separate NumPy passes
 for bias and activation), so the value of fusion is the ratio beside it. On a GPU the same NumPy
@@ -42,6 +45,7 @@ is handed to ``on_row`` as soon as its case is done (``python -m bench kernels``
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import time
@@ -73,6 +77,7 @@ class Case:
     exps: float = 0.0  # exp evaluations it needs at least (exp_log_count)
     logs: float = 0.0  # log evaluations it needs at least
     call: str = ""  # the op whose call it times, when that is another case's op (a repeat)
+    threads: int = 1  # the threads the Numba CPU kernel runs on at this size (kernel_threads)
 
     @property
     def same_call(self) -> str:
@@ -107,6 +112,31 @@ def exp_log_count(op: str, shape: tuple[int, ...]) -> tuple[float, float]:
     return 0.0, 0.0  # the linear op with relu; Adam (a square root and a division per element)
 
 
+def kernel_threads(op: str, shape: tuple) -> int:
+    """The threads the Numba CPU kernel of ``op`` runs on at ``shape`` (float32): every Numba thread
+    from its module's PARALLEL_MIN_ELEMENTS on (kernels/<op>/numba_cpu.py), else one; 1 without
+    Numba. ``adam``: one tensor of ``shape[0]`` entries; ``adam_many``: tensors of ``shape``."""
+    try:
+        if op.startswith("linear"):  # the fused pass over y (forward) or dy (backward): N x D_out
+            from minivae.kernels.linear import numba_cpu as mod
+
+            parallel = shape[0] * shape[2] >= mod.PARALLEL_MIN_ELEMENTS
+        elif op == "bernoulli":
+            from minivae.kernels.bernoulli import numba_cpu as mod
+
+            parallel = shape[0] * shape[1] >= mod.F32_PARALLEL_MIN_ELEMENTS
+        elif op in ("adam", "adam_many"):
+            from minivae.kernels.adam import numba_cpu as mod
+
+            parallel = (shape[0] >= mod.PARALLEL_MIN_ELEMENTS if op == "adam" else
+                        sum(math.prod(s) for s in shape) >= mod.MANY_PARALLEL_MIN_ELEMENTS)
+        else:  # the latent op and the importance weights have serial kernels only
+            parallel = False
+    except ImportError:
+        return 1
+    return ceilings.numba_threads() if parallel else 1
+
+
 def _rand(xp, shape, rng, scale=1.0, dtype=np.float32):
     return xp.asarray((rng.standard_normal(shape) * scale).astype(dtype))
 
@@ -139,10 +169,11 @@ def linear_cases(sizes) -> list[Case]:
             return lambda: be.linear_backward(dy, cache, True)
 
         # forward: x, W, b in, y out; backward: dy, x, W, y in, dx, dW, db out
+        threads = kernel_threads("linear", (m, k, n))
         out.append(Case("linear_forward (relu)", f"{m}x{k}->{n}", 2 * m * n * k, "flops", make_fwd,
-                        F32 * (m * k + n * k + n + m * n)))
+                        F32 * (m * k + n * k + n + m * n), threads=threads))
         out.append(Case("linear_backward (relu)", f"{m}x{k}->{n}", 4 * m * n * k, "flops", make_bwd,
-                        F32 * (2 * m * n + 2 * m * k + 2 * n * k + n)))
+                        F32 * (2 * m * n + 2 * m * k + 2 * n * k + n), threads=threads))
     return out
 
 
@@ -195,7 +226,8 @@ def scaling_cases(quick: bool) -> list[Case]:
     shapes = ([("linear_forward vs batch (784->400)", m, 784, 400) for m in batches]
               + [("linear_forward vs width (batch 128)", 128, w, w) for w in widths])
     return [Case(op, f"{m}x{k}->{n}", 2 * m * n * k, "flops", _make_linear_forward(m, k, n),
-                 F32 * (m * k + n * k + n + m * n), call="linear_forward (relu)") for op, m, k, n in shapes]
+                 F32 * (m * k + n * k + n + m * n), call="linear_forward (relu)",
+                 threads=kernel_threads("linear", (m, k, n))) for op, m, k, n in shapes]
 
 
 def latent_cases(sizes) -> list[Case]:
@@ -230,7 +262,7 @@ def bernoulli_cases(sizes) -> list[Case]:
             return lambda: be.bernoulli(x, logits, -1.0 / n)
 
         out.append(Case("bernoulli", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make,
-                        **_counts("bernoulli", (n, d))))
+                        threads=kernel_threads("bernoulli", (n, d)), **_counts("bernoulli", (n, d))))
     return out
 
 
@@ -273,7 +305,7 @@ def adam_cases(sizes) -> list[Case]:
             return run
 
         # reads p, g, m, v and writes p, m, v
-        out.append(Case("adam", f"{p}", F32 * 7 * p, "bytes", make))
+        out.append(Case("adam", f"{p}", F32 * 7 * p, "bytes", make, threads=kernel_threads("adam", (p,))))
     return out
 
 
@@ -381,28 +413,40 @@ def memory_bandwidth(nbytes: int, rounds: int = 5) -> float:
 
 def cpu_ceilings(n: int = 2048, memory_mib: int = 256) -> dict:
     """The run's CPU ceilings, in the table's header: the BLAS's float32 matmul peak on an n^3
-    product, the memory bandwidth of ``memory_mib`` MiB (DRAM) and the fastest float32 exp and log.
-    A row's compute and exp/log ceilings are the better of these and of its own probes; its memory
-    ceiling is always its own working set's."""
+    product, the memory bandwidth of ``memory_mib`` MiB (DRAM, one thread) and the fastest float32
+    exp and log on one thread and (``parallel_*``, with Numba) on every Numba thread. A row's
+    compute ceiling is the better of the peak and its own probe; its memory and exp/log ceilings
+    are its own probes', on its own thread count (these stand in only where it has none)."""
     from bench.train_step import matmul_peak
 
-    probes = ceilings.transcendental_probes()
-    samples = time_interleaved({k: p.fn for k, p in probes.items()}, rounds=5)
-    fastest = ceilings.rates(probes, {k: samples[k].min_s for k in probes})
-    return {"matmul_gflops": matmul_peak(n), "memory_gbs": memory_bandwidth(memory_mib * 2**20),
-            "exp_per_s": fastest["exp"], "log_per_s": fastest["log"]}
+    out = {"matmul_gflops": matmul_peak(n), "memory_gbs": memory_bandwidth(memory_mib * 2**20)}
+    pool = ceilings.numba_threads()
+    for prefix, threads in (("", 1), ("parallel_", pool)) if pool > 1 else (("", 1),):
+        probes = ceilings.transcendental_probes(threads)
+        samples = time_interleaved({k: p.fn for k, p in probes.items()}, rounds=5)
+        fastest = ceilings.rates(probes, {k: samples[k].min_s for k in probes})
+        out |= {f"{prefix}exp_per_s": fastest["exp"], f"{prefix}log_per_s": fastest["log"]}
+    if pool > 1:
+        out["parallel_threads"] = pool
+    return out
 
 
-def case_probes(case: Case) -> dict[str, ceilings.Probe]:
-    """The probes timed beside a case's CPU rows: memory on exactly its bytes, the matmul rate for
-    a GEMM, exp and log for an op that evaluates them."""
+def case_probes(case: Case, threads: int = 1) -> dict[str, ceilings.Probe]:
+    """The probes timed beside a case's CPU rows that run on ``threads`` threads: memory on exactly
+    its bytes, the matmul rate for a GEMM, exp and log for an op that evaluates them."""
     nbytes = case.traffic if case.kind == "flops" else case.work
-    probes = dict(ceilings.memory_probes(nbytes)) if nbytes else {}
+    probes = dict(ceilings.memory_probes(nbytes, threads)) if nbytes else {}
     if case.kind == "flops":
-        probes["matmul"] = ceilings.matmul_probe()
+        probes["matmul"] = _matmul_probe()
     if case.exps or case.logs:
-        probes |= ceilings.transcendental_probes()
+        probes |= ceilings.transcendental_probes(threads)
     return probes
+
+
+@functools.cache
+def _matmul_probe() -> ceilings.Probe:
+    """One matmul probe per process: every probe set of a case shares it (one name, one timing)."""
+    return ceilings.matmul_probe()
 
 
 def gpu_ceilings(device=None, n: int = 8192, copy_mib: int = 1024) -> dict:
@@ -450,26 +494,13 @@ def cupy_vendor_backend() -> Backend | None:
                    NUMPY.latent_forward, NUMPY.latent_backward, NUMPY.bernoulli, on_gpu=True)
 
 
-# Why a row can still beat its floor, printed under the table for every row that does.
-OVER_CEILING = {
-    "memory": "it beat the faster of a copy and an in-place update of its own bytes, timed beside "
-              "it: its access pattern suits this memory better than both (e.g. it reads far more "
-              "than it writes), so that floor is not a true ceiling for it",
-    "compute": "it beat the best float32 matmul rate of the vendor BLAS measured in this run (its "
-               "peak, and the product timed beside the row): on a loaded machine the longer product is "
-               "held back more than this row's short calls (compare the spreads), or this product runs "
-               "from cache where the probe's cannot",
-    "exp/log": "it needed fewer exp/log evaluations than counted, or cheaper ones (the count is the "
-               "fewest in any version's code; the probes are the fastest exact float32 forms here)",
-}
-
-
 def napkin(work: float, kind: str, traffic: float, exps: float, logs: float, median_s: float,
            rates: dict[str, float]) -> dict:
     """A row's rate (GFLOP/s for kind "flops", GB/s for "bytes"), its floors in microseconds (FLOPs
     at ``rates["compute"]`` GFLOP/s; bytes - ``traffic`` for a GEMM - at ``rates["memory"]`` GB/s;
     exp and log evaluations at ``rates["exp"]`` and ``rates["log"]`` per second), the floor that
-    binds (the largest), and the share of that ceiling: the floor over the median."""
+    binds (the largest), and the share of that ceiling: the floor over the median. A row faster
+    than its floor gets ``over_ceiling``: both numbers, and no reason, since none was measured."""
     floors = {}
     if kind == "flops":
         floors["compute"] = work / (rates["compute"] * 1e9)
@@ -484,7 +515,14 @@ def napkin(work: float, kind: str, traffic: float, exps: float, logs: float, med
            "floors_us": {k: v * 1e6 for k, v in floors.items()}, "roofline_us": floors[bound] * 1e6,
            "bound": bound, "share_of_ceiling": share, "ceilings": dict(rates)}
     if share > 1:
-        row["over_ceiling"] = OVER_CEILING[bound]
+        rates_of = {"compute": f"{work / median_s / 1e9:.1f} GFLOP/s against the ceiling's "
+                               f"{rates['compute']:.1f} GFLOP/s",
+                    "memory": f"{nbytes / median_s / 1e9:.1f} GB/s against the ceiling's "
+                              f"{rates['memory']:.1f} GB/s",
+                    "exp/log": f"{(exps + logs) / median_s / 1e9:.2f} G exp and log/s against the ceilings' "
+                               f"{rates['exp'] / 1e9:.2f} G exp/s and {rates['log'] / 1e9:.2f} G log/s"}
+        row["over_ceiling"] = (f"not explained: median {median_s * 1e6:.1f} us under the {bound} floor of "
+                               f"{floors[bound] * 1e6:.1f} us ({rates_of[bound]})")
     return row
 
 
@@ -521,23 +559,26 @@ class Timer:
     device: object = None
     gpu_copy: dict[float, float] = field(default_factory=dict)
 
-    def measure(self, case: Case, fns: dict[str, Callable[[], object]],
-                on_gpu: dict[str, bool]) -> tuple[dict[str, Samples], dict[bool, dict[str, float]]]:
-        """Samples of every callable, and the rates its rows are rated against (by on_gpu): the
-        CPU ones interleaved with the case's probes, the GPU ones on the device."""
+    def measure(self, case: Case, fns: dict[str, Callable[[], object]], on_gpu: dict[str, bool],
+                threads: dict[str, int] | None = None) -> tuple[dict[str, Samples], dict[str, dict]]:
+        """Samples of every callable, and the rates each one is rated against (by name): the CPU
+        ones interleaved with the case's probes on as many threads as each runs on (``threads``,
+        1 where not given), the GPU ones on the device. A CPU callable's samples carry its thread
+        count and which probe set each ceiling (``ceiling_probes``)."""
         samples: dict[str, Samples] = {}
-        rates: dict[bool, dict[str, float]] = {}
+        rates: dict[str, dict[str, float]] = {}
         cpu_fns = {k: fn for k, fn in fns.items() if not on_gpu[k]}
         if cpu_fns:
-            probes = case_probes(case)
+            threads = {k: (threads or {}).get(k, 1) for k in cpu_fns}
+            sets = {t: case_probes(case, t) for t in sorted(set(threads.values()))}
+            probes = {name: p for probe_set in sets.values() for name, p in probe_set.items()}
             timed = time_interleaved({**cpu_fns, **{f"probe {k}": p.fn for k, p in probes.items()}},
                                      self.rounds)
-            found = ceilings.rates(probes, {k: timed[f"probe {k}"].min_s for k in probes})
-            rates[False] = {"compute": max(found.get("compute", 0.0), self.cpu["matmul_gflops"]),
-                            "memory": found.get("memory", self.cpu["memory_gbs"]),
-                            "exp": max(found.get("exp", 0.0), self.cpu["exp_per_s"]),
-                            "log": max(found.get("log", 0.0), self.cpu["log_per_s"])}
-            samples |= {k: timed[k] for k in cpu_fns}
+            for k in cpu_fns:
+                samples[k] = timed[k]
+                rates[k], samples[k].extra["ceiling_probes"] = self._cpu_rates(
+                    sets[threads[k]], {n: timed[f"probe {n}"].min_s for n in sets[threads[k]]}, threads[k])
+                samples[k].extra["threads"] = threads[k]
         for name in [k for k in fns if on_gpu[k]]:  # the device is not shared: one at a time
             t = gpu_timing.time_on_device(fns[name], self.device, samples=self.rounds)
             samples[name] = Samples(t.device_s, {"dispatch_us": t.dispatch_s * 1e6, "reps": t.reps,
@@ -545,15 +586,40 @@ class Timer:
         if any(on_gpu.values()):
             nbytes = case.traffic if case.kind == "flops" else case.work
             memory = gpu_copy_bandwidth(self.device, self.gpu_copy, nbytes) if nbytes else 0.0
-            rates[True] = {"compute": self.gpu["matmul_gflops"], "memory": memory,
-                           "exp": self.gpu["exp_per_s"], "log": self.gpu["log_per_s"]}
+            for name in [k for k in fns if on_gpu[k]]:
+                rates[name] = {"compute": self.gpu["matmul_gflops"], "memory": memory,
+                               "exp": self.gpu["exp_per_s"], "log": self.gpu["log_per_s"]}
         return samples, rates
+
+    def _cpu_rates(self, probes: dict[str, ceilings.Probe], best_s: dict[str, float],
+                   threads: int) -> tuple[dict[str, float], dict[str, str]]:
+        """A CPU row's rates from its probes (``threads`` of them), the run's where it has none
+        (and the run's matmul peak where that is faster), and which probe set each."""
+        found = ceilings.best(probes, best_s)
+        parallel = "parallel_" if threads > 1 and "parallel_exp_per_s" in self.cpu else ""
+        run_wide = {"compute": (self.cpu["matmul_gflops"], "the run's matmul peak"),
+                    "memory": (self.cpu["memory_gbs"], "the run's 256 MiB probe, 1 thread"),
+                    "exp": (self.cpu[f"{parallel}exp_per_s"], f"the run's exp probes, {threads} thread(s)"),
+                    "log": (self.cpu[f"{parallel}log_per_s"], f"the run's log probes, {threads} thread(s)")}
+        rates, source = {}, {}
+        for kind, (rate, what) in run_wide.items():
+            if kind in found and (kind != "compute" or found[kind][0] >= rate):
+                rate, name = found[kind]
+                what = f"{name} on {ceilings.described(probes[name])}"
+            rates[kind], source[kind] = rate, what
+        return rates, source
 
 
 def timed_row(case: Case, samples: Samples, rates: dict[str, float]) -> dict:
-    """A timed row's numbers: its spread, what its samples carry beside them, and its napkin math."""
-    return samples.spread_us() | samples.extra | napkin(case.work, case.kind, case.traffic, case.exps,
-                                                        case.logs, samples.median_s, rates)
+    """A timed row's numbers: its spread, what its samples carry beside them, and its napkin math;
+    a row over its ceiling names the probes that set it."""
+    row = samples.spread_us() | samples.extra | napkin(case.work, case.kind, case.traffic, case.exps,
+                                                       case.logs, samples.median_s, rates)
+    source = row.get("ceiling_probes", {})
+    resources = ("exp", "log") if row["bound"] == "exp/log" else (row["bound"],)
+    if "over_ceiling" in row and all(r in source for r in resources):
+        row["over_ceiling"] += "; ceiling from " + " and ".join(source[r] for r in resources)
+    return row
 
 
 def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=print, on_row=None,
@@ -610,7 +676,7 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                 status[be.name] = f"{type(e).__name__}: {e}"
         on_gpu = {be.name: be.on_gpu for be in runners}
         ok = {k: fn for k, fn in fns.items() if status[k] is None}
-        samples, rates = state.measure(case, ok, on_gpu)
+        samples, rates = state.measure(case, ok, on_gpu, {k: case.threads if k == "numba" else 1 for k in ok})
         for be in runners:
             name = be.name
             if name in samples:
@@ -620,7 +686,7 @@ def run(quick: bool = False, backend_names=None, rounds: int | None = None, log=
                                       case.kind)
             row = {"op": case.op, "size": case.size, "backend": name, "status": status.get(name)}
             if row["status"] is None and name in samples:
-                row |= timed_row(case, samples[name], rates[be.on_gpu])
+                row |= timed_row(case, samples[name], rates[name])
                 key = (case.same_call, case.size, name)
                 if key in seen:
                     row = _repeat(state, rows, seen[key], row, case, be, fns[name], emit)
@@ -646,12 +712,14 @@ def _repeat(state: Timer, rows: list[dict], first: tuple[int, Case], row: dict, 
     if not agree(earlier, row):
         again = first_case.make(be)
         again()  # the warm-up's first call: allocation and compilation out of the samples
+        threads = case.threads if be.name == "numba" else 1
         samples, rates = state.measure(case, {"earlier": again, "later": fn},
-                                       {"earlier": be.on_gpu, "later": be.on_gpu})
-        rows[index] = earlier = {**earlier, **timed_row(first_case, samples["earlier"], rates[be.on_gpu]),
+                                       {"earlier": be.on_gpu, "later": be.on_gpu},
+                                       {"earlier": threads, "later": threads})
+        rows[index] = earlier = {**earlier, **timed_row(first_case, samples["earlier"], rates["earlier"]),
                                  "first_median_us": earlier["median_us"], "timed_again_with": len(rows)}
         emit({**earlier, "restated": True})
-        row = {**row, **timed_row(case, samples["later"], rates[be.on_gpu]),
+        row = {**row, **timed_row(case, samples["later"], rates["later"]),
                "first_median_us": row["median_us"]}
     return {**row, "repeats": index, "agrees": agree(earlier, row)}
 
@@ -661,9 +729,11 @@ def ceilings_line(res: dict) -> str:
     c, g = res["ceilings"], res.get("gpu_ceilings")
     return (f"Ceilings measured in this run: float32 matmul {c['matmul_gflops']:.0f} GFLOP/s; memory "
             f"{c['memory_gbs']:.1f} GB/s at 256 MiB (the faster of a copy and an in-place update); "
-            f"float32 exp {c['exp_per_s'] / 1e9:.2f} G/s, log {c['log_per_s'] / 1e9:.2f} G/s (in cache). "
-            "Each CPU row is rated against probes timed beside it, interleaved, on its own working set "
-            "(bench/ceilings.py)."
+            f"float32 exp {c['exp_per_s'] / 1e9:.2f} G/s, log {c['log_per_s'] / 1e9:.2f} G/s (in cache, one "
+            "thread" + (f"; {c['parallel_exp_per_s'] / 1e9:.2f} and {c['parallel_log_per_s'] / 1e9:.2f} G/s "
+                        f"on {c['parallel_threads']} Numba threads" if "parallel_threads" in c else "")
+            + "). Each CPU row is rated against probes timed beside it, interleaved, on its own working set "
+            "and on as many threads as its kernel (the row's threads and ceiling probes; bench/ceilings.py)."
             + (f" GPU ({g.get('device', 'device 0')}): cuBLAS SGEMM {g['matmul_gflops']:.0f} GFLOP/s "
                f"(TF32 {'on' if g['tf32'] else 'off'}), device copy {g['copy_gbs']:.0f} GB/s at 1 GiB, exp "
                f"{g['exp_per_s'] / 1e9:.0f} G/s, log {g['log_per_s'] / 1e9:.0f} G/s; GPU rows are device "
@@ -718,7 +788,7 @@ def row_notes(r: dict) -> list[str]:
     again beside its repeat, a repeat that still disagrees."""
     notes = []
     if "over_ceiling" in r:
-        notes.append(f"over 100% because {r['over_ceiling']}")
+        notes.append(f"over 100%, {r['over_ceiling']}")
     if "first_median_us" in r:
         notes.append(f"first timed at {r['first_median_us']:.1f} us, apart from the row timing the same "
                      "call; both timed again side by side")

@@ -22,10 +22,18 @@ reference computed from the same float32 inputs. Elementwise, |got - want| <= to
 exactly where the reference has NaN, an infinity only where the reference has the same one; an
 output that sums R terms gets tol = ELEMENTWISE_TOL + 4 (R + 10) u (u = 2^-24, the float32 sum's
 error bound) with scale the sum of the terms' magnitudes, as bench/smoke.py and the kernel tests
-derive theirs. A version that fails validation is reported failed and never timed.
+derive theirs. Adam is validated over ADAM_STEPS steps (a call each) from a running state (m and v
+not zero, step ADAM_STEP0), on its p, m and v alike. A version that fails validation is reported
+failed and never timed, and ``python -m bench ladder`` then exits 1.
+
+Adam has one more version: ``numba-cpu adam_many``, the numba backend's optimiser step (one call
+over every tensor), timed beside ``numba-cpu`` (``adam`` called per tensor) on the 784-400-20
+model's 8 tensors (``MODEL_784_400_20``) as well as on one tensor.
 
 Timing (``SIZES``): on the device where the version runs. CPU versions interleaved with one
-another and with the probes of the row's ceilings, by bench/kernels.py's method; GPU versions with
+another and with the probes of the row's ceilings, by bench/kernels.py's method, each version's
+probes on as many threads as it runs on (its ``threads``: the Numba kernel's from its module's
+PARALLEL_MIN_ELEMENTS, one for NumPy's passes); GPU versions with
 bench/gpu_timing.py. Without a GPU the CUDA C versions run on the host emulator
 (kernels/wiring/emulate.py) and the Numba CUDA ones in Numba's simulator: validated, shown as
 "emulated: not timed", never given a speed. The simulator must be chosen before ``numba.cuda`` is
@@ -40,7 +48,7 @@ the rung below (same variant) and to the vendor way on its device (``numpy`` on 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -57,18 +65,25 @@ ACT = "relu"  # the VAE's hidden layers
 KEY = (1234, 5)  # the Philox stream (seed, offset) the latent versions draw eps from
 KL_WEIGHT = 0.7
 ADAM = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+# Adam is validated over ADAM_STEPS steps from the state after ADAM_STEP0 (m and v not zero, the
+# bias corrections not 1 - beta), so that p, m and v each show a wrong beta, step or moment.
+ADAM_STEP0 = 10
+ADAM_STEPS = 3
+# The 784-400-20 model's parameter tensors (encoder 784 -> 400 -> 2 x 20, decoder 20 -> 400 -> 784):
+# 652,824 entries, what one optimiser step updates.
+MODEL_784_400_20 = ((400, 784), (400,), (40, 400), (40,), (400, 20), (400,), (784, 400), (784,))
 # Validation: small sizes that are multiples of no tile or block (linear: N, D_in, D_out; latent:
-# N, d; bernoulli: N, D; importance weights: K, N; adam: P), small so that Numba's simulator stays
-# quick (a Python thread per CUDA thread).
+# N, d; bernoulli: N, D; importance weights: K, N; adam: P entries, or the shapes of a model's
+# tensors), small so that Numba's simulator stays quick (a Python thread per CUDA thread).
 VALIDATE = {"linear": (33, 70, 17), "latent": (33, 5), "bernoulli": (33, 70), "importance_weights": (3, 33),
-            "adam": (333,)}
+            "adam": ((7, 33), (7,), (333,))}
 # Timing: the training sizes of the VAE's 784-400-20 model at batch 128 (quick), and larger ones.
 SIZES = {True: {"linear": [(128, 784, 400)], "latent": [(128, 20)], "bernoulli": [(128, 784)],
-                "importance_weights": [(50, 128)], "adam": [(313_600,)]},
+                "importance_weights": [(50, 128)], "adam": [(313_600,), MODEL_784_400_20]},
          False: {"linear": [(128, 784, 400), (1024, 784, 400), (4096, 1024, 1024)],
                  "latent": [(128, 20), (8192, 20)], "bernoulli": [(128, 784), (1024, 784)],
                  "importance_weights": [(50, 128), (50, 1024), (50, 65536)],
-                 "adam": [(313_600,), (2_000_000,)]}}
+                 "adam": [(313_600,), (2_000_000,), MODEL_784_400_20]}}
 EMULATED = "emulated: not timed"
 VARIANTS = ("numpy", "numba-cpu", "numba-cuda", "cuda-c", "cupy-vendor")
 # What each variant adds, for the ops without a ladder of their own (the linear op's rungs say it
@@ -92,8 +107,11 @@ ADDS_BY_OP = {
                                        "and dW, a CuPy sum for db"},
     "importance_weights": {"numba-cpu": "three @njit passes over log_w in memory order (max, exps and "
                                         "their sums, scaling)"},
-    "adam": {"numba-cpu": "one @njit pass over p, g, m, v (bit for bit the reference's ~12 passes)"},
+    "adam": {"numba-cpu": "one @njit pass over p, g, m, v (bit for bit the reference's ~12 passes), one "
+                          "call per tensor"},
 }
+# kernels/adam/numba_cpu.py's adam_many, the numba backend's optimiser step: a version of its own
+ADAM_MANY_ADDS = "one call over every tensor of a model (adam_many: bit for bit adam's rule)"
 
 
 # ---- where each variant runs -----------------------------------------------------------------------
@@ -181,6 +199,9 @@ class Expect:
 
 
 def to_host(a: Any) -> np.ndarray:
+    """A host float64 array; a list of arrays (one output per tensor) flattened one after another."""
+    if isinstance(a, list):
+        return np.concatenate([to_host(x).reshape(-1) for x in a])
     return np.asarray(a.get() if hasattr(a, "get") else a, np.float64)
 
 
@@ -222,13 +243,17 @@ class Version:
     rung: int | None
     adds: str
     prepare: Callable[[dict, Place], Callable[[], tuple]]
+    # the threads it runs on at a size, on the CPU (default: the Numba CPU kernel's, Case.threads,
+    # for numba-cpu; one for the rest)
+    threads: Callable[[tuple], int] | None = None
 
 
 @dataclass(frozen=True)
 class Problem:
     """One direction of an op: its inputs for a size (float32, seeded), the float64 reference's
     outputs for them, its napkin counts (``bench.kernels``' Case of that size), and its versions.
-    ``stateful``: the op updates its inputs (Adam), so every validation starts from fresh ones."""
+    ``stateful``: the op updates its inputs (Adam), so every validation starts from fresh ones;
+    ``calls``: the calls a validation makes of one instance, the last one's outputs checked."""
 
     family: str
     data: Callable[[tuple], dict[str, np.ndarray]]
@@ -236,6 +261,7 @@ class Problem:
     case: Callable[[tuple], kernels.Case]
     versions: Callable[[], list[Version]]
     stateful: bool = False
+    calls: int = 1
 
 
 def _adds(op: str, variant: str) -> str:
@@ -494,51 +520,127 @@ def _iw_versions() -> list[Version]:
         "cuda-c": cuda_c, "cupy-vendor": call(lambda: reference)})
 
 
-def _adam_data(shape: tuple) -> dict[str, np.ndarray]:
-    (n,) = shape
+def _adam_shapes(size: tuple) -> tuple[tuple[int, ...], ...]:
+    """The parameter tensors' shapes of an Adam size: (P,) is one tensor of P entries, a tuple of
+    shapes is a model's tensors."""
+    return (size,) if all(isinstance(n, int) for n in size) else size
+
+
+def _adam_case(size: tuple) -> kernels.Case:
+    """bench kernels' Adam case of the size's entries in all, named for a model's tensors."""
+    shapes = _adam_shapes(size)
+    total = sum(int(np.prod(s)) for s in shapes)
+    case = kernels.adam_cases([total])[0]
+    if len(shapes) > 1:
+        case = replace(case, size=f"{len(shapes)} tensors, {total}",
+                       threads=max(kernels.kernel_threads("adam", (int(np.prod(s)),)) for s in shapes))
+    return case
+
+
+def _adam_data(size: tuple) -> dict[str, Any]:
+    """p, g, m, v for each tensor (lists), as after ADAM_STEP0 steps: m of either sign, v >= m^2 (as
+    the two running means keep it), the first entries of each zero (a fresh parameter's)."""
     rng = np.random.default_rng(0)
-    return {"p": rng.standard_normal(n).astype(np.float32), "g": rng.standard_normal(n).astype(np.float32),
-            "m": np.zeros(n, np.float32), "v": np.zeros(n, np.float32)}
+    out: dict[str, Any] = {"p": [], "g": [], "m": [], "v": []}
+    for shape in _adam_shapes(size):
+        m = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        v = (m.astype(np.float64) ** 2 + 0.01 * rng.random(shape)).astype(np.float32)
+        m.reshape(-1)[:3], v.reshape(-1)[:3] = 0, 0
+        out["p"].append(rng.standard_normal(shape).astype(np.float32))
+        out["g"].append(rng.standard_normal(shape).astype(np.float32))
+        out["m"].append(m)
+        out["v"].append(v)
+    return out
+
+
+def _adam_optimizer(d: dict, backend=None) -> tuple[Any, list[str]]:
+    """minivae.optim.Adam over d's tensors (as p0, p1, ...), its state d's m and v after ADAM_STEP0
+    steps; and the parameters' names."""
+    from minivae.optim import Adam
+
+    names = [f"p{i}" for i in range(len(d["p"]))]
+    opt = Adam(dict(zip(names, d["p"], strict=True)), lr=ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
+               eps=ADAM["eps"], weight_decay=ADAM["weight_decay"], backend=backend)
+    state = {"step": np.array(ADAM_STEP0, np.int64)}
+    for name, m, v in zip(names, d["m"], d["v"], strict=True):
+        state |= {f"exp_avg/{name}": m, f"exp_avg_sq/{name}": v}
+    opt.load_state_dict(state)
+    return opt, names
 
 
 def _adam_reference(d: dict) -> list[Expect]:
-    from minivae.optim import Adam
+    """p, m and v (every tensor's, flattened one after another) after ADAM_STEPS steps of the float64
+    reference. Each is a few float32 operations on its inputs, so each is held to the elementwise
+    bound of its inputs' sizes: |p| + its move, |m| + |g|, v + g^2."""
+    d64 = {k: [f64(a) for a in arrays] for k, arrays in d.items()}
+    opt, names = _adam_optimizer(d64)
+    for _ in range(ADAM_STEPS):
+        opt.step(dict(zip(names, d64["g"], strict=True)))
+    state = opt.state_dict()
 
-    params = {"p": f64(d["p"])}
-    Adam(params, lr=ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"],
-         weight_decay=ADAM["weight_decay"]).step({"p": f64(d["g"])})
-    return [Expect("p", params["p"], np.abs(f64(d["p"])) + ADAM["lr"])]
+    def flat(arrays):
+        return np.concatenate([a.reshape(-1) for a in arrays])
+
+    p0, p, g = flat(d64["p"]), flat(opt.params[n] for n in names), flat(d64["g"])
+    m = flat(state[f"exp_avg/{n}"] for n in names)
+    v = flat(state[f"exp_avg_sq/{n}"] for n in names)
+    return [Expect("p", p, np.abs(p0) + np.abs(p - p0) + ADAM["lr"]),
+            Expect("m", m, np.abs(flat(d64["m"])) + np.abs(g)),
+            Expect("v", v, flat(d64["v"]) + g * g)]
 
 
 def _adam_versions() -> list[Version]:
+    """Each version takes one step per call, from step ADAM_STEP0 + 1 on, and returns (p, m, v),
+    each the list of the tensors it updated in place."""
     def reference(d, p):
-        from minivae.optim import Adam
-
-        params = {"p": d["p"]}
         # on CuPy arrays: the reference's ufunc passes as CuPy kernels (bench kernels' cupy-vendor)
-        backend = kernels.cupy_vendor_backend() if p.on_gpu else None
-        opt = Adam(params, lr=ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"],
-                   weight_decay=ADAM["weight_decay"], backend=backend)
-        return lambda: (opt.step({"p": d["g"]}), params["p"])[1:]
+        opt, names = _adam_optimizer(d, kernels.cupy_vendor_backend() if p.on_gpu else None)
+        grads = dict(zip(names, d["g"], strict=True))
+        # the optimiser's own buffers, which it updates in place (load_state_dict copied d's into them)
+        state = opt._state
+        out = ([opt.params[n] for n in names], [state["exp_avg"][n] for n in names],
+               [state["exp_avg_sq"][n] for n in names])
+        return lambda: (opt.step(grads), *out)[1:]
 
-    def numba_cpu(d, p):
-        mod = _kernel_module("adam", "numba-cpu")
-        return lambda: (mod.adam(d["p"], d["g"], d["m"], d["v"], decoupled=False, step=1, **ADAM), d["p"])[1:]
-
-    def launcher(variant):
+    def stepper(update):
+        """A call per step: ``update(d, step)`` updates d's tensors in place."""
         def prepare(d, p):
-            mod = _kernel_module("adam", variant)
-            extra = {"backend": p.backend} if variant == "cuda-c" else {}
-            return lambda: (mod.adam_step(d["p"], d["g"], d["m"], d["v"], step=1, lr=ADAM["lr"],
-                                          betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"],
-                                          weight_decay=ADAM["weight_decay"], decoupled=False, **extra),
-                            d["p"])[1:]
+            step = [ADAM_STEP0]
+
+            def run():
+                step[0] += 1
+                update(d, p, step[0])
+                return d["p"], d["m"], d["v"]
+
+            return run
 
         return prepare
 
-    return _versions("adam", {"numpy": reference, "numba-cpu": numba_cpu,
-                              "numba-cuda": launcher("numba-cuda"), "cuda-c": launcher("cuda-c"),
-                              "cupy-vendor": reference})
+    def per_tensor(variant):
+        def update(d, p, step):
+            mod = _kernel_module("adam", variant)
+            for args in zip(d["p"], d["g"], d["m"], d["v"], strict=True):
+                if variant == "numba-cpu":
+                    mod.adam(*args, decoupled=False, step=step, **ADAM)
+                else:
+                    extra = {"backend": p.backend} if variant == "cuda-c" else {}
+                    mod.adam_step(*args, step=step, lr=ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
+                                  eps=ADAM["eps"], weight_decay=ADAM["weight_decay"], decoupled=False,
+                                  **extra)
+
+        return stepper(update)
+
+    def many(d, p, step):
+        _kernel_module("adam", "numba-cpu").adam_many(d["p"], d["g"], d["m"], d["v"], decoupled=False,
+                                                      step=step, **ADAM)
+
+    versions = _versions("adam", {"numpy": reference, "numba-cpu": per_tensor("numba-cpu"),
+                                  "numba-cuda": per_tensor("numba-cuda"), "cuda-c": per_tensor("cuda-c"),
+                                  "cupy-vendor": reference})
+    at = next(i for i, v in enumerate(versions) if v.variant == "numba-cpu") + 1
+    versions.insert(at, Version("numba-cpu adam_many", "numba-cpu", None, ADAM_MANY_ADDS, stepper(many),
+                                lambda size: kernels.kernel_threads("adam_many", _adam_shapes(size))))
+    return versions
 
 
 def problems() -> list[Problem]:
@@ -555,16 +657,22 @@ def problems() -> list[Problem]:
                 _bernoulli_versions),
         Problem("importance_weights", _iw_data, _iw_reference, lambda s: kernels.iwae_cases([s])[0],
                 _iw_versions),
-        Problem("adam", _adam_data, _adam_reference, lambda s: kernels.adam_cases([s[0]])[0], _adam_versions,
-                stateful=True),
+        Problem("adam", _adam_data, _adam_reference, _adam_case, _adam_versions, stateful=True,
+                calls=ADAM_STEPS),
     ]
 
 
 # ---- running the ladder -----------------------------------------------------------------------------
 
 def _on(place: Place, data: dict) -> dict:
-    """The inputs on the version's device, each a fresh copy (a version may update its inputs)."""
-    return {k: place.xp.asarray(v.copy()) if isinstance(v, np.ndarray) else v for k, v in data.items()}
+    """The inputs on the version's device, each a fresh copy (a version may update its inputs);
+    a list's arrays each."""
+    def fresh(v):
+        if isinstance(v, list):
+            return [fresh(a) for a in v]
+        return place.xp.asarray(v.copy()) if isinstance(v, np.ndarray) else v
+
+    return {k: fresh(v) for k, v in data.items()}
 
 
 def _passes(outputs: tuple, expect: list[Expect]) -> str | None:
@@ -578,20 +686,24 @@ def _passes(outputs: tuple, expect: list[Expect]) -> str | None:
     return None
 
 
-def _attempt(run: Callable[[], tuple], expect: list[Expect]) -> str | None:
+def _attempt(run: Callable[[], tuple], expect: list[Expect], calls: int = 1) -> str | None:
+    """``run`` called ``calls`` times: None if the last call's outputs pass, else why not."""
     try:
+        for _ in range(calls - 1):
+            run()
         return _passes(run(), expect)
     except Exception as e:  # a version that cannot run is reported failed, by name
         return f"{type(e).__name__}: {e}".strip()
 
 
-def _validate(version: Version, place: Place, data: dict, expect: list[Expect]) -> str | None:
-    """A fresh instance of ``version`` on ``data``, called once: None if it passes, else why not."""
+def _validate(version: Version, place: Place, data: dict, expect: list[Expect], calls: int = 1) -> str | None:
+    """A fresh instance of ``version`` on ``data``, called ``calls`` times: None if it passes, else
+    why not."""
     try:
         fn = version.prepare(_on(place, data), place)
     except Exception as e:  # e.g. a launcher refusing its arguments
         return f"{type(e).__name__}: {e}".strip()
-    return _attempt(fn, expect)
+    return _attempt(fn, expect, calls)
 
 
 def run(families: tuple[str, ...] = FAMILIES, quick: bool = True, rounds: int | None = None, log=print,
@@ -616,7 +728,7 @@ def run(families: tuple[str, ...] = FAMILIES, quick: bool = True, rounds: int | 
         small = problem.data(VALIDATE[problem.family])
         small_expect = problem.reference(small)
         small_size = problem.case(VALIDATE[problem.family]).size
-        verdict = {v.name: _validate(v, placed[v.name], small, small_expect)
+        verdict = {v.name: _validate(v, placed[v.name], small, small_expect, problem.calls)
                    for v in versions if isinstance(placed[v.name], Place)}
         for size in SIZES[quick][problem.family]:
             case = problem.case(size)
@@ -651,14 +763,16 @@ def _size_rows(problem: Problem, case: kernels.Case, size: tuple, versions: list
         except Exception as e:
             status[v.name] = f"{type(e).__name__}: {e}".strip()
             continue
-        status[v.name] = _attempt(fns[v.name], expect)  # also the first warm-up call (and the compile)
+        # also the first warm-up calls (and the compile)
+        status[v.name] = _attempt(fns[v.name], expect, problem.calls)
     ok = {k: fn for k, fn in fns.items() if status[k] is None}
-    samples, rates = timer.measure(case, ok, {k: placed[k].on_gpu for k in ok}) if ok else ({}, {})
+    threads = {v.name: _threads(v, case, size) for v in timed}
+    samples, rates = timer.measure(case, ok, {k: placed[k].on_gpu for k in ok}, threads) if ok else ({}, {})
     for v in timed:
         if v.name in samples:
             # again after timing: the timed instance's own outputs; Adam's state moved on with every
             # timed step, so a fresh instance of it
-            status[v.name] = (_validate(v, placed[v.name], data, expect) if problem.stateful
+            status[v.name] = (_validate(v, placed[v.name], data, expect, problem.calls) if problem.stateful
                               else _attempt(fns[v.name], expect))
     rows = []
     for v in versions:
@@ -675,10 +789,17 @@ def _size_rows(problem: Problem, case: kernels.Case, size: tuple, versions: list
         elif status.get(v.name) is not None:
             row["status"] = f"failed at {case.size}: {status[v.name]}"
         else:
-            row |= {"on_gpu": place.on_gpu} | kernels.timed_row(case, samples[v.name], rates[place.on_gpu])
+            row |= {"on_gpu": place.on_gpu} | kernels.timed_row(case, samples[v.name], rates[v.name])
         rows.append(row)
     ratios(rows)
     return rows
+
+
+def _threads(version: Version, case: kernels.Case, size: tuple) -> int:
+    """The threads ``version`` runs on at ``size`` on the CPU, which its probes run on too."""
+    if version.threads is not None:
+        return version.threads(size)
+    return case.threads if version.variant == "numba-cpu" else 1
 
 
 def ratios(rows: list[dict]) -> None:
@@ -705,7 +826,9 @@ COLUMNS = ("Each version is validated on a small odd size (a multiple of no tile
            "the float64 NumPy reference of the same float32 inputs. median us: of {rounds} samples; "
            "spread: the fastest sample to the upper quartile; floor us: the largest of FLOPs / matmul "
            "rate, bytes / memory rate, exp and log evaluations / their rates, all measured in this run "
-           "(CPU: beside the row, on its working set); bound: which one that is; share: floor / median; "
+           "(CPU: beside the row, on its working set, on as many threads as the row's kernel: the threads "
+           "column; the JSON's ceiling_probes names the probe that set each ceiling); bound: which one "
+           "that is; share: floor / median; a share over 100% is footnoted with both numbers; "
            "vs rung below: the median of the nearest lower rung of the same variant over this one's; vs "
            "vendor: the median of the vendor way on the same device (numpy on the CPU: BLAS and NumPy "
            "passes; cupy-vendor on a GPU: cuBLAS and CuPy kernels) over this one's. \"{emulated}\": run on "
@@ -722,11 +845,12 @@ def table(res: dict) -> str:
         notes: list[str] = []
         out += ["", f"## {fam}", "",
                 f"validated at: {', '.join(dict.fromkeys(r['validated_at'] for r in rows))}", "",
-                "| op | size | version | what it adds | where | median us | spread us | host us/call | rate "
-                "| floor us | bound | share of ceiling | vs rung below | vs vendor |",
-                "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+                "| op | size | version | what it adds | where | threads | median us | spread us "
+                "| host us/call | rate | floor us | bound | share of ceiling | vs rung below | vs vendor |",
+                "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         for r in rows:
-            head = f"| {r['op']} | {r['size']} | {r['version']} | {r['adds']} | {r['where']} |"
+            head = (f"| {r['op']} | {r['size']} | {r['version']} | {r['adds']} | {r['where']} | "
+                    f"{r.get('threads', '')} |")
             if r["status"] is not None:
                 out.append(f"{head} {r['status']} | | | | | | | | |")
                 continue

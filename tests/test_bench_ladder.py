@@ -38,7 +38,7 @@ def tiny(monkeypatch):
              "importance_weights": [(5, 17)], "adam": [(129,)]}
     monkeypatch.setattr(ladder, "SIZES", {True: sizes, False: sizes})
     monkeypatch.setattr(kernels, "cpu_ceilings", lambda: dict(RUN_CEILINGS))
-    monkeypatch.setattr(kernels, "case_probes", lambda case: {})
+    monkeypatch.setattr(kernels, "case_probes", lambda case, threads=1: {})
 
 
 def _expected_versions(variants_with_rungs: dict[str, list[int]]) -> list[str]:
@@ -92,7 +92,9 @@ def test_every_version_of_the_other_ops_appears_validated(tiny, family):
     assert len(ops) == (2 if family == "latent" else 1)
     for op in ops:
         rows = [r for r in res["rows"] if r["op"] == op]
-        assert [r["version"] for r in rows] == list(ladder.VARIANTS)
+        # Adam: the numba backend's one call over every tensor beside its kernel called per tensor
+        extra = {"numba-cpu": ["numba-cpu adam_many"]} if family == "adam" else {}
+        assert [r["version"] for r in rows] == [n for v in ladder.VARIANTS for n in [v, *extra.get(v, [])]]
         for r in rows:
             _check_row(r, places[r["variant"]])
     text = ladder.table(res)
@@ -137,9 +139,9 @@ def test_a_wrong_version_is_reported_failed_and_never_timed(tiny, monkeypatch):
     timed = []
     real_measure = kernels.Timer.measure
 
-    def spy(self, case, fns, on_gpu):
+    def spy(self, case, fns, on_gpu, threads=None):
         timed.append(sorted(fns))
-        return real_measure(self, case, fns, on_gpu)
+        return real_measure(self, case, fns, on_gpu, threads)
 
     monkeypatch.setattr(kernels.Timer, "measure", spy)
     res = ladder.run(("bernoulli",), quick=True, rounds=1, log=lambda s: None)
@@ -176,6 +178,69 @@ def test_a_version_that_goes_wrong_while_timed_is_reported_failed(tiny, monkeypa
 
 
 # ---- validation ------------------------------------------------------------------------------------
+
+def test_adams_validation_sees_every_moment_over_steps_from_a_running_state(tiny, monkeypatch):
+    """Adam is validated over ADAM_STEPS steps from non-zero m and v: a version with beta1 and beta2
+    swapped, and one that leaves m untouched (p still right), are both reported failed and never
+    timed; the rest, adam_many among them, pass on several tensors at once."""
+    from minivae.kernels.adam import cuda_c, numba_cpu
+
+    real_adam, real_c = numba_cpu.adam, cuda_c.adam_step
+
+    def swapped(p, g, m, v, *, beta1, beta2, **kw):
+        real_adam(p, g, m, v, beta1=beta2, beta2=beta1, **kw)
+
+    def m_untouched(param, grad, exp_avg, exp_avg_sq, **kw):
+        before = exp_avg.copy()
+        real_c(param, grad, exp_avg, exp_avg_sq, **kw)
+        exp_avg[...] = before
+
+    monkeypatch.setattr(numba_cpu, "adam", swapped)
+    monkeypatch.setattr(cuda_c, "adam_step", m_untouched)
+    monkeypatch.setattr(ladder, "SIZES", {True: {"adam": [((5, 7), (5,), (41,))]}})
+    res = ladder.run(("adam",), quick=True, rounds=1, log=lambda s: None)
+    rows = {r["version"]: r for r in res["rows"]}
+    assert rows["numba-cpu"]["status"].startswith("failed at 37: p is off by"), rows["numba-cpu"]
+    assert "median_us" not in rows["numba-cpu"]
+    if isinstance(ladder.places()["cuda-c"], ladder.Place):
+        assert rows["cuda-c"]["status"].startswith("failed at 37: "), rows["cuda-c"]
+        assert " is off by " in rows["cuda-c"]["status"] and "note" not in rows["cuda-c"]
+    for name in ("numpy", "numba-cpu adam_many"):
+        assert rows[name]["status"] is None and rows[name]["median_us"] > 0, rows[name]
+        assert rows[name]["size"] == "3 tensors, 81"
+    # m and v are checked on their own: m left as it was, or moved with beta2 as its weight, fails
+    # m's check; v moved with another beta2 fails v's
+    d = ladder._adam_data((37,))
+    expect = {e.name: e for e in ladder._adam_reference(d)}
+    assert ladder.check(d["m"], expect["m"]) is not None
+    for output, bad in (("m", {"beta1": 0.999, "beta2": 0.9}), ("v", {"beta2": 0.99})):
+        got = {k: [a.copy() for a in v] for k, v in d.items()}
+        for step in range(ladder.ADAM_STEP0 + 1, ladder.ADAM_STEP0 + ladder.ADAM_STEPS + 1):
+            real_adam(got["p"][0], got["g"][0], got["m"][0], got["v"][0], step=step, decoupled=False,
+                      **(ladder.ADAM | bad))
+        assert ladder.check(got[output], expect[output]) is not None, output
+    good = {k: [a.copy() for a in v] for k, v in d.items()}
+    for step in range(ladder.ADAM_STEP0 + 1, ladder.ADAM_STEP0 + ladder.ADAM_STEPS + 1):
+        real_adam(good["p"][0], good["g"][0], good["m"][0], good["v"][0], step=step, decoupled=False,
+                  **ladder.ADAM)
+    assert all(ladder.check(good[k], expect[k]) is None for k in "pmv")
+
+
+def test_adams_reference_is_the_rule_from_its_running_state():
+    """The float64 reference the versions are held to, against the rule written out here: steps
+    ADAM_STEP0 + 1 .. + ADAM_STEPS from the data's m and v, which are not zero and v >= 0."""
+    d = ladder._adam_data(((3, 5), (4,)))
+    p, g, m, v = (np.concatenate([a.astype(np.float64).reshape(-1) for a in d[k]]) for k in "pgmv")
+    assert (v >= 0).all() and (m != 0).sum() > m.size // 2 and (v > 0).sum() > v.size // 2
+    b1, b2, lr, eps = ladder.ADAM["beta1"], ladder.ADAM["beta2"], ladder.ADAM["lr"], ladder.ADAM["eps"]
+    for t in range(ladder.ADAM_STEP0 + 1, ladder.ADAM_STEP0 + ladder.ADAM_STEPS + 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+    want = {e.name: e.want for e in ladder._adam_reference(d)}
+    for name, value in (("p", p), ("m", m), ("v", v)):
+        np.testing.assert_allclose(want[name], value, rtol=1e-12, atol=1e-15)
+
 
 def test_validation_is_nan_aware_and_scaled_by_the_reduction_length():
     u = ladder.U
