@@ -155,6 +155,10 @@ def _ladder(args) -> int:
     with _Stream("ladder", args.no_save) as stream:
         res = ladder.run(families, args.quick, log=lambda s: print(s, file=sys.stderr), on_row=stream.write)
     _report(res, "ladder", ladder.table(res), command, args.no_save, plot=ladder.plot)
+    failed = ladder.failed(res)
+    if failed:
+        print(f"failed validation: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,7 @@ a line in ``summary.txt``: passed, failed, skipped, out of time, or no GPU.
 5. kernels: ``python -m bench kernels --quick`` on the GPU backends;
 6. ladder: ``python -m bench ladder --quick``: every version of every op (each rung of the linear
    op's ladders, Numba CUDA and CUDA C, beside cuBLAS and the CPU versions) validated and timed;
+   it fails when any version failed validation (the command exits 1; its JSON lines say which);
 7. train: ``python -m bench gpu-train --quick``: the training step against PyTorch eager on CUDA;
 8. sweep: the full GPU size sweep of ``python -m bench kernels``, with the time that is left.
 
@@ -492,8 +493,14 @@ def bench(run: Run, name: str, args: list[str], results: str, cap: float, keep_f
                         dict(run.env, MINIVAE_BENCH_OUT=str(out_dir)))
     stage.logs.append(log)
     stage.status = status_of(code)
-    rows, bad = jsonl_detail(out_dir / f"{results}.jsonl", "batch" if results == "gpu-train" else "status",
-                             lambda r: r.get("status") is None)
+    ladder = results == "ladder"
+    # the ladder's rows that cannot run here say "not run: ..."; only "failed ..." is a failure
+    ok = ((lambda r: not str(r.get("status") or "").startswith("failed")) if ladder
+          else (lambda r: r.get("status") is None))
+    key = "batch" if results == "gpu-train" else "status"
+    rows, bad = jsonl_detail(out_dir / f"{results}.jsonl", key, ok)
+    if ladder and stage.status == "passed" and bad:  # a version failed validation: the stage fails
+        stage.status = "failed"
     if stage.status == "no GPU":
         stage.detail = tail(log, 1)
     else:

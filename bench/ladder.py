@@ -746,6 +746,12 @@ def run(families: tuple[str, ...] = FAMILIES, quick: bool = True, rounds: int | 
             "rows": rows}
 
 
+def failed(res: dict) -> list[str]:
+    """The rows of a run that failed validation, as "op size version"."""
+    return [f"{r['op']} {r['size']} {r['version']}" for r in res["rows"]
+            if str(r["status"] or "").startswith("failed")]
+
+
 def _size_rows(problem: Problem, case: kernels.Case, size: tuple, versions: list[Version],
                placed: dict[str, Place | str], verdict: dict[str, str | None], small_size: str,
                timer: kernels.Timer) -> list[dict]:

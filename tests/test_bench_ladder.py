@@ -358,6 +358,21 @@ def test_the_command_from_a_fresh_process_validates_every_version_and_saves(tmp_
     assert (tmp_path / "ladder-importance_weights.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_command_exits_1_when_a_version_failed_validation(tiny, monkeypatch, capsys):
+    """A version that fails validation: ``python -m bench ladder`` still prints the table, names the
+    failed row, and exits 1 (what gpu_check's ladder stage reads); with every version right, 0."""
+    from bench.__main__ import main
+    from minivae.kernels.importance_weights import numba_cpu
+
+    assert main(["ladder", "--op", "importance_weights", "--quick", "--no-save"]) == 0
+    real = numba_cpu.importance_weights
+    monkeypatch.setattr(numba_cpu, "importance_weights", lambda log_w: (real(log_w)[0] + 1, real(log_w)[1]))
+    assert main(["ladder", "--op", "importance_weights", "--quick", "--no-save"]) == 1
+    out, err = capsys.readouterr()
+    assert "| failed at 3x7: bound is off by" in out
+    assert err.rstrip().endswith("failed validation: importance_weights 5x17 numba-cpu")
+
+
 def test_require_gpu_stops_at_once_without_a_gpu(monkeypatch, capsys):
     from bench.__main__ import main
     from bench.gpu_check import NO_GPU

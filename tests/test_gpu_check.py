@@ -189,6 +189,33 @@ def test_a_benchmark_cut_by_its_limit_keeps_the_cases_it_finished(tmp_path, monk
     assert stage.detail.startswith("3 results in k.jsonl, 1 failed validation; cut at")
 
 
+@pytest.mark.parametrize("exit_status, rows, status", [
+    (1, [None, "failed at 37: m is off by 3 times its bound", "not run: no GPU"], "failed"),
+    (0, [None, "failed at 37: m is off by 3 times its bound"], "failed"),  # a zero exit cannot hide it
+    (0, [None, "not run: no GPU", None], "passed"),  # what cannot run here is no failure
+])
+def test_the_ladder_stage_fails_when_a_version_failed_validation(tmp_path, monkeypatch, exit_status, rows,
+                                                                 status):
+    """bench ladder exits 1 when a version failed validation, and its JSON lines say which: the
+    stage fails on either; its "not run" rows are counted as results, not as failures."""
+    run = _run(tmp_path)
+    fake = tmp_path / "fake_ladder.py"
+    fake.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        with open(os.path.join(os.environ["MINIVAE_BENCH_OUT"], "ladder.jsonl"), "w") as f:
+            for status in {rows!r}:
+                f.write(json.dumps({{"op": "adam", "status": status}}) + "\\n")
+        sys.exit({exit_status})
+    """))
+    real_run = run.run
+    monkeypatch.setattr(run, "run", lambda name, args, limit, env=None: real_run(
+        name, [sys.executable, str(fake)], 30, env))
+    stage = gpu_check.bench(run, "ladder", ["ladder"], "ladder", cap=30, keep_for_later=0, minimum=1)
+    assert stage.status == status
+    bad = sum(str(r).startswith("failed") for r in rows)
+    assert stage.detail == f"{len(rows)} results in ladder.jsonl, {bad} failed validation"
+
+
 def test_a_result_timed_again_is_counted_once(tmp_path):
     """bench kernels streams a row again (``restated``) when it was timed a second time beside its
     repeat: the stage's count of results is not inflated by it."""
