@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import resource
 import time
 from collections.abc import Callable
@@ -797,19 +798,48 @@ def row_notes(r: dict) -> list[str]:
     return notes
 
 
-def plot(res: dict, path) -> list:
-    """One figure per family of ops (linear, latent, bernoulli, importance_weights, adam), written
-    beside ``path`` as ``<stem>-<family>.png``: a column per op, its median time per size (log
-    scale, one line per backend or rung, the CPU floor dashed) above its share of the ceiling."""
-    from pathlib import Path
+FONT_PT = 9  # the smallest text of a figure
 
-    from matplotlib.figure import Figure
+
+def _dims(size: str) -> tuple[int, ...]:
+    """A row's size as its numbers: "128x784->400" -> (128, 784, 400)."""
+    return tuple(int(n) for n in re.findall(r"\d+", size))
+
+
+def is_sweep(sizes: list[str]) -> bool:
+    """Whether sizes are a sweep, whose points a line may join: one dimension varies (the batch), or
+    the dimensions that vary are equal in every size (square layers' width). Other shapes
+    (128x784->400 beside 128x400->40: two layers) are unrelated."""
+    dims = [_dims(s) for s in sizes]
+    if len({len(d) for d in dims}) != 1:
+        return False
+    varying = [i for i in range(len(dims[0])) if len({d[i] for d in dims}) > 1]
+    return len(varying) <= 1 or all(len({d[i] for i in varying}) == 1 for d in dims)
+
+
+def plot(res: dict, path) -> list:
+    """``figures``, each written beside ``path`` as ``<stem>-<family>.png``; the paths written."""
+    from pathlib import Path
 
     path = Path(path)
     written = []
+    for fam, fig in figures(res):
+        written.append(path.with_name(f"{path.stem}-{fam}{path.suffix}"))
+        fig.savefig(written[-1], dpi=90)
+    return written
+
+
+def figures(res: dict):
+    """One figure per family of ops (linear, latent, bernoulli, importance_weights, adam), as
+    (family, Figure): a column per op, its median time per size (log
+    scale, one series per backend or rung, the CPU floor dashed) above its share of the ceiling.
+    Sizes stand in order of their product; a series whose sizes are a sweep (``is_sweep``) is a
+    line, one of unrelated shapes separate points."""
+    from matplotlib.figure import Figure
+
     rows = [r for r in res["rows"] if r.get("median_us")]
 
-    def line(r):  # a ladder rung is a line of its op's panel
+    def line(r):  # a ladder rung is a series of its op's panel
         op, _, rung = r["op"].partition(" rung ")
         return op, f"{r['backend']} rung {rung}" if rung else r["backend"]
 
@@ -822,30 +852,33 @@ def plot(res: dict, path) -> list:
         axes = fig.subplots(2, len(ops), squeeze=False)
         for j, op in enumerate(ops):
             on = [r for r in mine if line(r)[0] == op]
-            sizes = list(dict.fromkeys(r["size"] for r in on))
+            sizes = sorted(dict.fromkeys(r["size"] for r in on), key=lambda s: math.prod(_dims(s)))
             for label in dict.fromkeys(line(r)[1] for r in on):
-                pts = [(sizes.index(r["size"]), r["median_us"], 100 * r["share_of_ceiling"])
-                       for r in on if line(r)[1] == label]
+                pts = sorted((sizes.index(r["size"]), r["median_us"], 100 * r["share_of_ceiling"])
+                             for r in on if line(r)[1] == label)
                 xs, ts, ss = zip(*pts, strict=True)
-                axes[0][j].plot(xs, ts, "o-", label=label)
-                axes[1][j].plot(xs, ss, "o-", label=label)
-            floor = {r["size"]: r["roofline_us"] for r in on
-                     if not r["backend"].startswith(("cupy", "numba-cuda"))}
-            if floor:  # the CPU's floor: the largest of compute, memory and exp/log
-                axes[0][j].plot([sizes.index(s) for s in floor], list(floor.values()), "k_--", ms=16,
-                                label="CPU floor")
+                style = "o-" if is_sweep([sizes[x] for x in xs]) else "o"
+                axes[0][j].plot(xs, ts, style, label=label)
+                axes[1][j].plot(xs, ss, style, label=label)
+            floor: dict[str, float] = {}
+            for r in on:  # the CPU's floor (the largest of compute, memory and exp/log), its lowest
+                if not r["backend"].startswith(("cupy", "numba-cuda")):
+                    floor[r["size"]] = min(floor.get(r["size"], math.inf), r["roofline_us"])
+            if floor:
+                xs = sorted(sizes.index(s) for s in floor)
+                style = "k_--" if is_sweep([sizes[x] for x in xs]) else "k_"
+                axes[0][j].plot(xs, [floor[sizes[x]] for x in xs], style, ms=16, label="CPU floor")
             for ax in axes[:, j]:
-                ax.set_xticks(range(len(sizes)), sizes, rotation=30, fontsize=8)
+                ax.set_xticks(range(len(sizes)), sizes, rotation=30, fontsize=FONT_PT)
+                ax.tick_params(axis="y", labelsize=FONT_PT)
                 ax.grid(alpha=0.3)
             axes[0][j].set_yscale("log")
-            axes[0][j].set_title(op, fontsize=10)
-            axes[0][j].set_ylabel("median time per call (us)")
-            axes[1][j].set_ylabel("% of the binding ceiling")
+            axes[0][j].set_title(op, fontsize=FONT_PT + 1)
+            axes[0][j].set_ylabel("median time per call (us)", fontsize=FONT_PT)
+            axes[1][j].set_ylabel("% of the binding ceiling", fontsize=FONT_PT)
             axes[1][j].axhline(100, color="k", lw=0.8)
             axes[1][j].set_ylim(bottom=0)
-            axes[0][j].legend(fontsize=8)
-        fig.suptitle(f"{fam}: time and share of the measured ceiling per size", fontsize=11)
-        out = path.with_name(f"{path.stem}-{fam}{path.suffix}")
-        fig.savefig(out, dpi=90)
-        written.append(out)
-    return written
+            axes[0][j].legend(fontsize=FONT_PT)
+        fig.suptitle(f"{fam}: time and share of the measured ceiling per size (lines join sweeps; "
+                     "unrelated shapes are separate points)", fontsize=FONT_PT + 2)
+        yield fam, fig

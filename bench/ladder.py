@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -878,43 +879,92 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
-def plot(res: dict, path) -> list:
-    """One figure per op family, written beside ``path`` as ``<stem>-<family>.png``: a panel per op
-    and size, each timed version's median time as a dot with its spread (fastest sample to upper
-    quartile), its floor as a bar, and its share of the binding ceiling beside it (log scale)."""
-    from pathlib import Path
+FIGURE_WIDTH_IN = 10.0  # one page's width: every figure is readable at its printed size
+FONT_PT = 9  # the smallest text of a figure
 
-    from matplotlib.figure import Figure
+
+def _entry(r: dict) -> str:
+    """What a row that has no time shows in its place."""
+    if r.get("note"):
+        return r["note"]
+    status = r["status"] or ""
+    return "failed" if status.startswith("failed") else "not run" if status.startswith("not run") else status
+
+
+def plot(res: dict, path) -> list:
+    """``figures``, each written beside ``path`` as ``<stem>-<family>.png``; the paths written."""
+    from pathlib import Path
 
     path = Path(path)
     written = []
-    for fam in res["families"]:
-        rows = [r for r in res["rows"] if r["family"] == fam and "median_us" in r]
-        panels = list(dict.fromkeys((r["op"], r["size"]) for r in rows))
-        if not panels:
-            continue
-        tallest = max(sum(1 for r in rows if (r["op"], r["size"]) == p) for p in panels)
-        fig = Figure(figsize=(6.5 * len(panels), 1.8 + 0.4 * tallest), constrained_layout=True)
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, (op, size) in zip(axes, panels, strict=True):
-            mine = [r for r in rows if (r["op"], r["size"]) == (op, size)]
-            for y, r in enumerate(mine):
-                color = "C1" if r["on_gpu"] else "C0"
-                spread = [[r["median_us"] - r["min_us"]], [r["q3_us"] - r["median_us"]]]
-                ax.errorbar(r["median_us"], y, xerr=spread, fmt="o", color=color, capsize=3)
-                ax.plot(r["roofline_us"], y, "k|", ms=14)
-                ax.annotate(f"{100 * r['share_of_ceiling']:.0f}% of {r['bound']}", (r["q3_us"], y),
-                            xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
-            ax.set_yticks(range(len(mine)), [r["version"] for r in mine], fontsize=8)
-            ax.set_ylim(len(mine) - 0.5, -0.5)
-            ax.set_xscale("log")
-            low = min(min(r["min_us"], r["roofline_us"]) for r in mine)
-            ax.set_xlim(low / 2, max(r["q3_us"] for r in mine) * 6)  # room for the labels
-            ax.grid(axis="x", alpha=0.3)
-            ax.set_xlabel("time per call (us): median, spread; | the floor; blue CPU, orange GPU")
-            ax.set_title(f"{op} {size}", fontsize=10)
-        fig.suptitle(f"{fam}: every version, rung by rung", fontsize=11)
-        out = path.with_name(f"{path.stem}-{fam}{path.suffix}")
-        fig.savefig(out, dpi=90)
-        written.append(out)
+    for fam, fig in figures(res):
+        written.append(path.with_name(f"{path.stem}-{fam}{path.suffix}"))
+        fig.savefig(written[-1], dpi=100)
     return written
+
+
+def figures(res: dict):
+    """One figure per op (family), as (family, Figure): a grid of panels, a row per direction
+    (forward, backward) and a column per size, FIGURE_WIDTH_IN wide.
+    Every version is on the y axis: a timed one as its median time with its spread (fastest sample
+    to upper quartile, log scale), its floor as a tick and its share of the binding ceiling beside
+    it; one without a time labelled in its place ("emulated: not timed", "not run", "failed"). The
+    lowest floor of each device's rows is drawn as a reference line."""
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    for fam in res["families"]:
+        rows = [r for r in res["rows"] if r["family"] == fam]
+        ops = list(dict.fromkeys(r["op"] for r in rows))
+        sizes = list(dict.fromkeys(r["size"] for r in rows))
+        if not rows:
+            continue
+        tallest = max(sum(1 for r in rows if (r["op"], r["size"]) == key) for key in product(ops, sizes))
+        fig = Figure(figsize=(FIGURE_WIDTH_IN, len(ops) * (1.3 + 0.3 * tallest) + 0.5),
+                     constrained_layout=True)
+        axes = fig.subplots(len(ops), len(sizes), squeeze=False)
+        for i, op in enumerate(ops):
+            for j, size in enumerate(sizes):
+                ax = axes[i][j]
+                mine = [r for r in rows if (r["op"], r["size"]) == (op, size)]
+                if not mine:
+                    ax.set_visible(False)
+                    continue
+                _panel(ax, mine, blended_transform_factory(ax.transAxes, ax.transData), first=j == 0)
+                ax.set_title(f"{op}, {size}", fontsize=FONT_PT + 1)
+        fig.suptitle(f"{fam}: every version, rung by rung (blue CPU, orange GPU; | its floor; dashed: the "
+                     "lowest floor on that device)", fontsize=FONT_PT + 1)
+        yield fam, fig
+
+
+def _panel(ax, rows: list[dict], left, first: bool) -> None:
+    """One op at one size: every version a line of the y axis (see ``plot``)."""
+    timed = [r for r in rows if "median_us" in r]
+    for y, r in enumerate(rows):
+        if "median_us" not in r:
+            ax.text(0.02, y, _entry(r), transform=left, va="center", fontsize=FONT_PT, zorder=3,
+                    color="C3" if _entry(r) == "failed" else "0.35",
+                    bbox={"fc": "white", "ec": "none", "pad": 1})
+            continue
+        color = "C1" if r["on_gpu"] else "C0"
+        spread = [[r["median_us"] - r["min_us"]], [r["q3_us"] - r["median_us"]]]
+        ax.errorbar(r["median_us"], y, xerr=spread, fmt="o", color=color, capsize=3)
+        ax.plot(r["roofline_us"], y, "|", color="k", ms=12)
+        ax.annotate(f"{100 * r['share_of_ceiling']:.0f}%", (r["q3_us"], y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=FONT_PT)
+    ax.set_yticks(range(len(rows)), [r["version"] for r in rows] if first else [], fontsize=FONT_PT)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xscale("log")
+    ax.tick_params(axis="x", labelsize=FONT_PT)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("time per call (us)", fontsize=FONT_PT)
+    if not timed:
+        ax.set_xticks([])
+        return
+    for on_gpu, color in ((False, "C0"), (True, "C1")):
+        floors = [r["roofline_us"] for r in timed if r["on_gpu"] == on_gpu]
+        if floors:
+            ax.axvline(min(floors), color=color, ls="--", lw=1)
+    low = min(min(r["min_us"], r["roofline_us"]) for r in timed)
+    # room on the left for the labels of the versions without a time, on the right for the shares
+    ax.set_xlim(low / 8, max(r["q3_us"] for r in timed) * 4)

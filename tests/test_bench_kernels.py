@@ -135,6 +135,31 @@ def test_the_scaling_sweep_says_where_the_linear_op_turns_compute_bound(monkeypa
     assert (tmp_path / "k-linear.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_figures_join_sweeps_in_size_order_and_leave_unrelated_shapes_apart():
+    """The batch sweep (given out of order) is one line in size order; the linear op's layers
+    (128x784->400 beside 128x400->40) are separate points, never joined."""
+    def row(op, size, median):
+        return {"op": op, "size": size, "backend": "numpy", "median_us": median, "share_of_ceiling": 0.5,
+                "roofline_us": median / 2}
+
+    res = {"rows": [row("linear_forward vs batch (784->400)", "1024x784->400", 40.0),
+                    row("linear_forward vs batch (784->400)", "1x784->400", 1.0),
+                    row("linear_forward vs batch (784->400)", "32x784->400", 4.0),
+                    row("linear_forward (relu)", "128x784->400", 9.0),
+                    row("linear_forward (relu)", "128x400->40", 2.0)]}
+    ((fam, fig),) = list(kernels.figures(res))
+    top = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    sweep = top["linear_forward vs batch (784->400)"]
+    assert [t.get_text() for t in sweep.get_xticklabels()] == ["1x784->400", "32x784->400", "1024x784->400"]
+    (series, _) = [ln for ln in sweep.lines if ln.get_label() in ("numpy", "CPU floor")]
+    assert list(series.get_ydata()) == [1.0, 4.0, 40.0] and series.get_linestyle() == "-"
+    layers = top["linear_forward (relu)"]
+    assert [t.get_text() for t in layers.get_xticklabels()] == ["128x400->40", "128x784->400"]
+    points = [ln for ln in layers.lines if ln.get_label() in ("numpy", "CPU floor")]
+    assert len(points) == 2 and all(ln.get_linestyle() == "None" for ln in points)
+    assert kernels.is_sweep(["128x64->64", "128x1024->1024"]) and not kernels.is_sweep(["128x20", "8192x64"])
+
+
 def test_quick_and_full_sweeps_cover_every_op_and_the_scaling():
     ladder = {f"linear_forward (relu) rung {v}" for v in (1, 2, 3, 4)} | {
         f"linear_backward (relu) rung {v}" for v in (1, 4)}

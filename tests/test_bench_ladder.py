@@ -326,6 +326,34 @@ def test_the_tables_columns_and_ratios_follow_from_its_rows(tiny):
         assert cells["vs rung below"] == ""  # on the CPU no version with rungs is timed
 
 
+def test_the_figure_of_an_op_is_a_readable_grid_showing_every_version(tiny, monkeypatch):
+    """linear at two sizes: one figure, FIGURE_WIDTH_IN wide, a row of panels per direction and a
+    column per size; every version on the first column's y axis, those without a time labelled in
+    place ("emulated: not timed", "not run"); no text under FONT_PT; each panel's floor drawn as a
+    reference line at the lowest floor of its CPU rows."""
+    monkeypatch.setattr(ladder, "SIZES", {True: {"linear": [(17, 33, 9), (9, 20, 5)]}})
+    res = ladder.run(("linear",), quick=True, rounds=1, log=lambda s: None)
+    ((fam, fig),) = list(ladder.figures(res))
+    assert fam == "linear" and fig.get_size_inches()[0] == ladder.FIGURE_WIDTH_IN
+    grid = fig.axes[0].get_subplotspec().get_gridspec()
+    assert (grid.nrows, grid.ncols) == (2, 2)
+    for ax in fig.axes:
+        op, size = ax.get_title().split(", ")
+        rows = [r for r in res["rows"] if (r["op"], r["size"]) == (op, size)]
+        first = ax.get_subplotspec().colspan.start == 0
+        labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert labels == ([r["version"] for r in rows] if first else [])
+        placed = sorted(t.get_text() for t in ax.texts if not t.get_text().endswith("%"))  # not the shares
+        assert placed == sorted(ladder._entry(r) for r in rows if "median_us" not in r)
+        if not isinstance(ladder.places()["cuda-c"], str):
+            assert ladder.EMULATED in placed and "not run" in placed
+        floor = min(r["roofline_us"] for r in rows if "median_us" in r and not r["on_gpu"])
+        assert any(list(line.get_xdata()) == [floor, floor] for line in ax.lines)
+    texts = [t for ax in fig.axes for t in (*ax.texts, *ax.get_yticklabels(), *ax.get_xticklabels(),
+                                            ax.title, ax.xaxis.label)] + [fig._suptitle]
+    assert min(t.get_fontsize() for t in texts if t.get_text()) >= ladder.FONT_PT
+
+
 # ---- the command ---------------------------------------------------------------------------------------
 
 def test_the_command_from_a_fresh_process_validates_every_version_and_saves(tmp_path):
