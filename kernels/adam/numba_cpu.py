@@ -66,8 +66,8 @@ def _adam_parallel(p, g, m, v, s):
 # enough that a task's bookkeeping is noise, small enough that the last ones balance the threads.
 MANY_CHUNK = 1 << 14
 # From this many entries in all, adam_many shares the chunks between threads. As high as
-# PARALLEL_MIN_ELEMENTS: the 784-400-20 model's 652,824 entries take 0.40 ms on one thread, and a
-# wake-up of the pool costs up to ~0.15 ms on these VMs (wiring/numba_threads.py).
+# PARALLEL_MIN_ELEMENTS: a wake-up of the pool costs up to ~0.15 ms on these VMs, and the
+# 784-400-20 model's update (652,824 entries) was no faster on two threads (wiring/numba_threads.py).
 MANY_PARALLEL_MIN_ELEMENTS = PARALLEL_MIN_ELEMENTS
 
 
