@@ -41,6 +41,7 @@ registers.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,9 @@ import numpy as np
 
 F32 = 4  # bytes
 MATMUL_PROBE_N = 1024  # 2.1 GFLOP: near the BLAS's peak, and short enough to sample every round
+# A run's header peak (bench train, bench kernels): 17 GFLOP, long enough that one sample is the
+# BLAS at its best rather than its ramp-up
+MATMUL_PEAK_N = 2048
 # exp/log probes: 8192 float32 in, 8192 out (64 KiB, in L2 on any CPU this runs on), swept
 # back and forth INNER_SWEEPS times per call so that a call outlasts its dispatch many times over
 TRANSCENDENTAL_ELEMENTS = 8192
@@ -122,6 +126,26 @@ def matmul_probe(n: int = MATMUL_PROBE_N) -> Probe:
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
     out = np.empty((n, n), np.float32)
     return Probe("compute", lambda: np.matmul(a, b, out=out), 2.0 * n**3, threads=0)
+
+
+def matmul_sampler(n: int = MATMUL_PEAK_N) -> Callable[[], float]:
+    """A function that times one ``matmul_probe(n)`` product, in GFLOP/s (the product is run once
+    here, untimed, so that no sample pays for its first touch of the output)."""
+    probe = matmul_probe(n)
+    probe.fn()
+
+    def sample() -> float:
+        t = time.perf_counter()
+        probe.fn()
+        return probe.amount / (time.perf_counter() - t) / 1e9
+
+    return sample
+
+
+def matmul_peak(n: int = MATMUL_PEAK_N, repeats: int = 5) -> float:
+    """float32 GFLOP/s of the vendor BLAS on an n x n x n product (best of ``repeats``)."""
+    sample = matmul_sampler(n)
+    return max(sample() for _ in range(repeats))
 
 
 def transcendental_probes(threads: int = 1) -> dict[str, Probe]:

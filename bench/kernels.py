@@ -412,15 +412,13 @@ def memory_bandwidth(nbytes: int, rounds: int = 5) -> float:
     return ceilings.rates(probes, {k: samples[k].min_s for k in probes})["memory"]
 
 
-def cpu_ceilings(n: int = 2048, memory_mib: int = 256) -> dict:
+def cpu_ceilings(n: int = ceilings.MATMUL_PEAK_N, memory_mib: int = 256) -> dict:
     """The run's CPU ceilings, in the table's header: the BLAS's float32 matmul peak on an n^3
     product, the memory bandwidth of ``memory_mib`` MiB (DRAM, one thread) and the fastest float32
     exp and log on one thread and (``parallel_*``, with Numba) on every Numba thread. A row's
     compute ceiling is the better of the peak and its own probe; its memory and exp/log ceilings
     are its own probes', on its own thread count (these stand in only where it has none)."""
-    from bench.train_step import matmul_peak
-
-    out = {"matmul_gflops": matmul_peak(n), "memory_gbs": memory_bandwidth(memory_mib * 2**20)}
+    out = {"matmul_gflops": ceilings.matmul_peak(n), "memory_gbs": memory_bandwidth(memory_mib * 2**20)}
     pool = ceilings.numba_threads()
     for prefix, threads in (("", 1), ("parallel_", pool)) if pool > 1 else (("", 1),):
         probes = ceilings.transcendental_probes(threads)

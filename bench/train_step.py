@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bench.ceilings import matmul_peak, matmul_sampler
 from minivae import backends, philox
 from minivae.model import VAE
 from minivae.optim import Adam
@@ -106,28 +107,6 @@ def gemm_floor_step(batch: int, seed: int = 0, library: str = "numpy") -> Callab
 
     step.calls = calls  # (A, B, C) of every product, for a reader (and a test) to check
     return step
-
-
-def matmul_sampler(n: int = 2048) -> Callable[[], float]:
-    """A function that times one float32 n x n x n product of the vendor BLAS, in GFLOP/s."""
-    rng = np.random.default_rng(0)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    out = np.empty((n, n), dtype=np.float32)
-    np.matmul(a, b, out=out)
-    return lambda: 2 * n**3 / _timed(lambda: np.matmul(a, b, out=out)) / 1e9
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """float32 GFLOP/s of the vendor BLAS on an n x n x n product (best of ``repeats``)."""
-    sample = matmul_sampler(n)
-    return max(sample() for _ in range(repeats))
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def minivae_step(batch: int, seed: int = 0, backend: str = "numpy") -> Callable[[int], float]:

@@ -390,6 +390,24 @@ def test_the_memory_ceiling_is_the_faster_of_a_copy_and_an_in_place_update():
     assert ceilings.rates(probes, {"copy": 1e-3, "update": 2e-3}) == {"memory": 8.0}
 
 
+def test_the_matmul_peak_times_the_one_matmul_probe(monkeypatch):
+    """bench train's and bench kernels' peak sample the ceilings' matmul probe: the product it times
+    is the BLAS's n x n x n one, its rate 2 n^3 FLOPs over the time the product took."""
+    n = 9
+    probe = ceilings.matmul_probe(n)
+    probe.fn()
+    cells = (c.cell_contents for c in probe.fn.__closure__)
+    arrays = dict(zip(probe.fn.__code__.co_freevars, cells, strict=True))
+    want = arrays["a"].astype(np.float64) @ arrays["b"]
+    np.testing.assert_allclose(arrays["out"], want, rtol=1e-5)
+    assert probe.amount == 2.0 * n**3 and probe.resource == "compute"
+    clock = iter([1.0, 1.25, 2.0, 2.5])
+    monkeypatch.setattr(ceilings.time, "perf_counter", lambda: next(clock))
+    sample = ceilings.matmul_sampler(n)
+    assert sample() == pytest.approx(2 * n**3 / 0.25 / 1e9)
+    assert sample() == pytest.approx(2 * n**3 / 0.5 / 1e9)
+
+
 def test_the_bound_is_the_largest_floor_and_a_row_over_its_ceiling_says_why():
     """Napkin math on chosen numbers: 1e6 elements with one exp and one log each, 12 MB moved. At
     10 GB/s memory and 1e9 exp, 2e9 log per second the floors are 1.2 ms (memory) and 1.5 ms
