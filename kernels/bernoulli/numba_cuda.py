@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numba import cuda, from_dtype
 
+from minivae.kernels.common.reduce_numba import block_sum
 from minivae.kernels.wiring import numba_cuda as nbc
 
 # One block per example row; rows are images (64 to a few thousand pixels), so 4 warps stride a row
@@ -47,7 +48,7 @@ def _kernel(dtype_str: str):
                 terms += xv * logit - (max(logit, zero) + math.log1p(e))  # softplus(l) = max(l, 0) + log1p(e)
                 sigmoid = (one if logit >= zero else e) / (one + e)
                 dlogits[row, j] = dlogp * (xv - sigmoid)
-            total = nbc.block_sum(terms, scratch)
+            total = block_sum(terms, scratch)
             if cuda.threadIdx.x == 0:
                 logp[row] = total
 

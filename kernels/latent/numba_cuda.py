@@ -20,6 +20,7 @@ from numba import cuda, from_dtype
 
 from minivae import _checks, philox
 from minivae.kernels.common import philox_numba
+from minivae.kernels.common.reduce_numba import block_sum
 from minivae.kernels.wiring import cuda_load
 from minivae.kernels.wiring import numba_cuda as nbc
 
@@ -61,7 +62,7 @@ def _kernels(dtype_str: str):
                 for s in range(samples):
                     e = (s * n_rows + row) * d + j
                     z[s, row, j] = m + sd * noise(eps, have_eps, s, row, j, e, seed_lo, seed_hi, offset)
-            total = nbc.block_sum(terms, scratch)
+            total = block_sum(terms, scratch)
             if cuda.threadIdx.x == 0:
                 kl[row] = half * total
 

@@ -2,9 +2,9 @@
 
 The kernels live beside their CUDA C twins, one folder per op (``linear/numba_cuda.py``,
 ``latent/numba_cuda.py``, ``bernoulli/numba_cuda.py``, ``importance_weights/numba_cuda.py``,
-``adam/numba_cuda.py``); this module holds the
-host-side rules every one of their launchers follows, the block reduction they share, and
-``backend()``, which maps ``minivae.backends``' table onto them.
+``adam/numba_cuda.py``; the block reduction they share is ``common/reduce_numba.py``); this module
+holds the host-side rules every one of their launchers follows and ``backend()``, which maps
+``minivae.backends``' table onto them.
 
 Where the kernels run, decided once, when ``numba.cuda`` is first imported:
 
@@ -126,35 +126,6 @@ def launch(kernel: Any, grid: int | tuple[int, ...], block: int, *args: Any) -> 
     views = [cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
              if hasattr(a, "__cuda_array_interface__") else a for a in args]
     kernel[grid, block, stream](*views)
-
-
-# ------------------------------------------------------------------------------------------------
-# device code shared by the kernels
-
-
-@cuda.jit(device=True)
-def block_sum(v, scratch):
-    """Sum of ``v`` over the block, returned to every thread. ``scratch``: a shared array of at least
-    blockDim.x elements (the caller declares it, in its dtype). Every thread of the block must call
-    it. A tree in shared memory: the simulator has no warp shuffles, and this form takes any block
-    size (the upper half folds onto the lower half of the next power of two). The order of the
-    additions depends only on blockDim, so the result is deterministic."""
-    tid = cuda.threadIdx.x
-    n = cuda.blockDim.x
-    scratch[tid] = v
-    cuda.syncthreads()
-    half = 1
-    while half < n:
-        half *= 2
-    half //= 2
-    while half > 0:
-        if tid < half and tid + half < n:
-            scratch[tid] += scratch[tid + half]
-        cuda.syncthreads()
-        half //= 2
-    total = scratch[0]
-    cuda.syncthreads()  # everyone has read scratch[0] before a next call (the next row) overwrites it
-    return total
 
 
 # ------------------------------------------------------------------------------------------------
