@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-F32 = 4  # bytes
+F32 = 4  # bytes per float32: the probes' and bench kernels' cases' traffic
 MATMUL_PROBE_N = 1024  # 2.1 GFLOP: near the BLAS's peak, and short enough to sample every round
 # A run's header peak (bench train, bench kernels): 17 GFLOP, long enough that one sample is the
 # BLAS at its best rather than its ramp-up

@@ -56,10 +56,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench import ceilings, gpu_timing
+from bench.ceilings import F32
 from minivae import backends as backends_mod
 from minivae.backends import NUMPY, Backend
 
-F32 = 4  # bytes
 FAMILIES = ("linear", "latent", "bernoulli", "importance_weights", "adam")  # the backend table's ops
 
 
