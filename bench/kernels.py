@@ -142,10 +142,48 @@ def _rand(xp, shape, rng, scale=1.0, dtype=np.float32):
     return xp.asarray((rng.standard_normal(shape) * scale).astype(dtype))
 
 
+# Each op's inputs, one builder per op: bench kernels' cases and bench ladder's problems (seed 0,
+# NumPy float32; a case moves them onto its backend's device)
+
+def linear_inputs(m: int, k: int, n: int) -> dict[str, np.ndarray]:
+    """x (m, k), W (n, k) scaled by 1/sqrt(k) so that y stays of order 1 at any k, b (n,), dy (m, n)."""
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((m, k)).astype(np.float32),
+            "W": (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32),
+            "b": rng.standard_normal(n).astype(np.float32),
+            "dy": rng.standard_normal((m, n)).astype(np.float32)}
+
+
+def latent_inputs(n: int, d: int) -> dict[str, np.ndarray]:
+    """h = [mu | logvar] (n, 2d) and dz (1, n, d): one sample's gradient."""
+    rng = np.random.default_rng(0)
+    return {"h": rng.standard_normal((n, 2 * d)).astype(np.float32),
+            "dz": rng.standard_normal((1, n, d)).astype(np.float32)}
+
+
+def bernoulli_inputs(n: int, d: int) -> dict[str, np.ndarray]:
+    """x in {0, 1} (30% ones), logits of scale 3 (into softplus's tails), dlogp = -1/n (a mean's)."""
+    rng = np.random.default_rng(0)
+    return {"x": (rng.random((n, d)) < 0.3).astype(np.float32),
+            "logits": (3 * rng.standard_normal((n, d))).astype(np.float32),
+            "dlogp": np.float32(-1.0 / n)}
+
+
+def importance_weights_inputs(k: int, n: int) -> dict[str, np.ndarray]:
+    """log_w (k, n) of scale 5 (weights spread over orders of magnitude), one of them -inf: a sample
+    of zero weight, which gets weight 0 while its column stays finite."""
+    log_w = (5 * np.random.default_rng(0).standard_normal((k, n))).astype(np.float32)
+    log_w[0, 0] = -np.inf
+    return {"log_w": log_w}
+
+
+def _moved(be: Backend, d: dict[str, np.ndarray], *names: str) -> list:
+    return [be.xp.asarray(d[name]) for name in names]
+
+
 def _make_linear_forward(m: int, k: int, n: int):
     def make(be):
-        rng = np.random.default_rng(0)
-        x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
+        x, W, b = _moved(be, linear_inputs(m, k, n), "x", "W", "b")
         return lambda: (be.linear_forward(x, W, b, "relu")[0],)
 
     return make
@@ -163,10 +201,8 @@ def linear_cases(sizes) -> list[Case]:
         make_fwd = _make_linear_forward(m, k, n)
 
         def make_bwd(be, m=m, k=k, n=n):
-            rng = np.random.default_rng(0)
-            x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
+            x, W, b, dy = _moved(be, linear_inputs(m, k, n), "x", "W", "b", "dy")
             _, cache = be.linear_forward(x, W, b, "relu")
-            dy = _rand(be.xp, (m, n), rng)
             return lambda: be.linear_backward(dy, cache, True)
 
         # forward: x, W, b in, y out; backward: dy, x, W, y in, dx, dW, db out
@@ -187,10 +223,9 @@ def ladder_cases(sizes) -> list[Case]:
     out = []
     for m, k, n in sizes:
         def inputs(be, m=m, k=k, n=n):
-            rng = np.random.default_rng(0)
-            x, W, b = _rand(be.xp, (m, k), rng), _rand(be.xp, (n, k), rng, 0.05), _rand(be.xp, n, rng)
             # NumPy arrays: the kernels on the CPU emulator (how the tests run these cases)
-            return x, W, b, _rand(be.xp, (m, n), rng), "emulate" if be.xp is np else "cupy"
+            return (*_moved(be, linear_inputs(m, k, n), "x", "W", "b", "dy"),
+                    "emulate" if be.xp is np else "cupy")
 
         for v in cuda_c.FORWARD:
             def make_fwd(be, v=v, inputs=inputs):
@@ -235,14 +270,12 @@ def latent_cases(sizes) -> list[Case]:
     out = []
     for n, d in sizes:
         def make_fwd(be, n=n, d=d):
-            h = _rand(be.xp, (n, 2 * d), np.random.default_rng(0))
+            (h,) = _moved(be, latent_inputs(n, d), "h")
             return lambda: be.latent_forward(h, 1, key=(7, 0))[:2]
 
         def make_bwd(be, n=n, d=d):
-            rng = np.random.default_rng(0)
-            h = _rand(be.xp, (n, 2 * d), rng)
+            h, dz = _moved(be, latent_inputs(n, d), "h", "dz")
             _, _, cache = be.latent_forward(h, 1, key=(7, 0))
-            dz = _rand(be.xp, (1, n, d), rng)
             return lambda: (be.latent_backward(dz, 0.01, cache),)
 
         # forward reads [mu|logvar], writes z and kl; backward reads dz and [mu|logvar], writes dh
@@ -257,10 +290,9 @@ def bernoulli_cases(sizes) -> list[Case]:
     out = []
     for n, d in sizes:
         def make(be, n=n, d=d):
-            rng = np.random.default_rng(0)
-            x = be.xp.asarray((rng.random((n, d)) < 0.3).astype(np.float32))
-            logits = _rand(be.xp, (n, d), rng, 3.0)
-            return lambda: be.bernoulli(x, logits, -1.0 / n)
+            inputs = bernoulli_inputs(n, d)
+            x, logits = _moved(be, inputs, "x", "logits")
+            return lambda: be.bernoulli(x, logits, float(inputs["dlogp"]))
 
         out.append(Case("bernoulli", f"{n}x{d}", F32 * (3 * n * d + n), "bytes", make,
                         threads=kernel_threads("bernoulli", (n, d)), **_counts("bernoulli", (n, d))))
@@ -273,7 +305,7 @@ def iwae_cases(sizes) -> list[Case]:
     out = []
     for k, n in sizes:
         def make(be, k=k, n=n):
-            log_w = _rand(be.xp, (k, n), np.random.default_rng(0), 5.0)
+            (log_w,) = _moved(be, importance_weights_inputs(k, n), "log_w")
             return lambda: be.importance_weights(log_w)
 
         # reads log_w, writes the weights and the bound

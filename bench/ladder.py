@@ -292,16 +292,11 @@ def _versions(op: str, plain: dict[str, Callable], rungs: dict[str, tuple[list[i
 
 
 def _linear_data(shape: tuple) -> dict[str, np.ndarray]:
-    n, d_in, d_out = shape
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, d_in)).astype(np.float32)
-    W = (rng.standard_normal((d_out, d_in)) / np.sqrt(d_in)).astype(np.float32)
-    b = rng.standard_normal(d_out).astype(np.float32)
-    dy = rng.standard_normal((n, d_out)).astype(np.float32)
+    d = kernels.linear_inputs(*shape)
     # the forward's float32 output: what every backward version reads act' from, so that a
     # pre-activation rounding to the other side of 0 is no difference between them
-    y = NUMPY.linear_forward(x, W, b, ACT)[0]
-    return {"x": x, "W": W, "b": b, "dy": dy, "y": y}
+    d["y"] = NUMPY.linear_forward(d["x"], d["W"], d["b"], ACT)[0]
+    return d
 
 
 def _linear_forward_reference(d: dict) -> list[Expect]:
@@ -380,13 +375,6 @@ def _numba_cuda_rungs(name: str) -> list[int]:
         return [PRODUCTION_RUNG]
 
 
-def _latent_data(shape: tuple) -> dict[str, np.ndarray]:
-    n, d = shape
-    rng = np.random.default_rng(0)
-    return {"h": rng.standard_normal((n, 2 * d)).astype(np.float32),
-            "dz": rng.standard_normal((1, n, d)).astype(np.float32)}
-
-
 def _latent_forward_reference(d: dict) -> list[Expect]:
     h = f64(d["h"])
     mu, logvar = np.split(h, 2, axis=1)
@@ -457,14 +445,6 @@ def _latent_backward_versions() -> list[Version]:
                                 "cuda-c": cuda_c, "cupy-vendor": numpy})
 
 
-def _bernoulli_data(shape: tuple) -> dict[str, np.ndarray]:
-    n, dim = shape
-    rng = np.random.default_rng(0)
-    return {"x": (rng.random((n, dim)) < 0.3).astype(np.float32),
-            "logits": (3 * rng.standard_normal((n, dim))).astype(np.float32),
-            "dlogp": np.float32(-1.0 / n)}
-
-
 def _bernoulli_reference(d: dict) -> list[Expect]:
     logits, dlogp = f64(d["logits"]), float(d["dlogp"])
     logp, dlogits = NUMPY.bernoulli(f64(d["x"]), logits, dlogp)
@@ -487,13 +467,6 @@ def _bernoulli_versions() -> list[Version]:
         "numba-cpu": call(lambda: _kernel_module("bernoulli", "numba-cpu").bernoulli),
         "numba-cuda": call(lambda: _kernel_module("bernoulli", "numba-cuda").bernoulli),
         "cuda-c": cuda_c, "cupy-vendor": call(lambda: NUMPY.bernoulli)})
-
-
-def _iw_data(shape: tuple) -> dict[str, np.ndarray]:
-    k, n = shape
-    log_w = (5 * np.random.default_rng(0).standard_normal((k, n))).astype(np.float32)
-    log_w[0, 0] = -np.inf  # a sample of zero weight: it gets weight 0, its column stays finite
-    return {"log_w": log_w}
 
 
 def _iw_reference(d: dict) -> list[Expect]:
@@ -645,19 +618,22 @@ def _adam_versions() -> list[Version]:
 
 
 def problems() -> list[Problem]:
+    def inputs(build: Callable) -> Callable[[tuple], dict]:
+        return lambda shape: build(*shape)  # bench kernels' builder of the op's inputs
+
     return [
         Problem("linear", _linear_data, _linear_forward_reference, lambda s: kernels.linear_cases([s])[0],
                 _linear_forward_versions),
         Problem("linear", _linear_data, _linear_backward_reference, lambda s: kernels.linear_cases([s])[1],
                 _linear_backward_versions),
-        Problem("latent", _latent_data, _latent_forward_reference, lambda s: kernels.latent_cases([s])[0],
-                _latent_forward_versions),
-        Problem("latent", _latent_data, _latent_backward_reference, lambda s: kernels.latent_cases([s])[1],
-                _latent_backward_versions),
-        Problem("bernoulli", _bernoulli_data, _bernoulli_reference, lambda s: kernels.bernoulli_cases([s])[0],
-                _bernoulli_versions),
-        Problem("importance_weights", _iw_data, _iw_reference, lambda s: kernels.iwae_cases([s])[0],
-                _iw_versions),
+        Problem("latent", inputs(kernels.latent_inputs), _latent_forward_reference,
+                lambda s: kernels.latent_cases([s])[0], _latent_forward_versions),
+        Problem("latent", inputs(kernels.latent_inputs), _latent_backward_reference,
+                lambda s: kernels.latent_cases([s])[1], _latent_backward_versions),
+        Problem("bernoulli", inputs(kernels.bernoulli_inputs), _bernoulli_reference,
+                lambda s: kernels.bernoulli_cases([s])[0], _bernoulli_versions),
+        Problem("importance_weights", inputs(kernels.importance_weights_inputs), _iw_reference,
+                lambda s: kernels.iwae_cases([s])[0], _iw_versions),
         Problem("adam", _adam_data, _adam_reference, _adam_case, _adam_versions, stateful=True,
                 calls=ADAM_STEPS),
     ]

@@ -272,6 +272,44 @@ def test_the_linear_backward_reads_act_prime_from_the_forwards_float32_output():
     np.testing.assert_allclose(dx, g @ d["W"].astype(np.float64), rtol=1e-12)
 
 
+def test_the_ladder_validates_on_the_inputs_bench_kernels_times():
+    """One builder per op: every problem of the ladder (Adam aside, which starts from a running
+    state) hands its versions the arrays that bench kernels' case of the same size hands the
+    backend's op, value for value."""
+    import dataclasses
+
+    from minivae.backends import NUMPY
+
+    names = {"linear_forward": ("x", "W", "b"), "linear_backward": ("dy",), "latent_forward": ("h",),
+             "latent_backward": ("dz",), "bernoulli": ("x", "logits", "dlogp"),
+             "importance_weights": ("log_w",)}
+    shapes = {"linear": (9, 13, 5), "latent": (7, 3), "bernoulli": (5, 11), "importance_weights": (3, 7)}
+    seen: dict[str, tuple] = {}
+
+    def record(op):
+        def call(*args, **kwargs):
+            seen[op] = args
+            return getattr(NUMPY, op)(*args, **kwargs)
+        return call
+
+    spy = dataclasses.replace(NUMPY, **{op: record(op) for op in names})
+    checked = []
+    for problem in ladder.problems():
+        if problem.family == "adam":
+            continue
+        shape = shapes[problem.family]
+        case = problem.case(shape)
+        op = case.op.split(" ")[0]
+        seen.clear()
+        case.make(spy)()
+        d = problem.data(shape)
+        for name, got in zip(names[op], seen[op], strict=False):
+            np.testing.assert_array_equal(np.asarray(got, np.float32), d[name], err_msg=f"{op}: {name}")
+        checked.append(op)
+    assert sorted(checked) == sorted(names)
+    assert np.isneginf(kernels.importance_weights_inputs(3, 7)["log_w"]).sum() == 1  # a zero-weight sample
+
+
 # ---- the table and its ratios ------------------------------------------------------------------------
 
 def _timed(version, variant, rung, median, on_gpu=False):
