@@ -408,6 +408,26 @@ def test_the_matmul_peak_times_the_one_matmul_probe(monkeypatch):
     assert sample() == pytest.approx(2 * n**3 / 0.5 / 1e9)
 
 
+def test_a_result_is_held_to_the_ladders_rule_its_tolerance_grown_with_the_sum_it_is():
+    """bench kernels validates with bench/validate.py's rule against the numpy backend's output,
+    scaled by the reference's largest magnitude: an error a K = 1000 GEMM may make fails an
+    elementwise op; NaN passes only where the reference has it."""
+    gemm = kernels.linear_cases([(4, 1000, 3)])[0]
+    (elementwise,) = kernels.bernoulli_cases([(4, 3)])
+    assert kernels.reduction_terms(gemm.op, (4, 1000, 3)) == 1000
+    ref = np.array([[2.0, -1.0, 0.5]] * 4, np.float32)
+    off = ref.copy()
+    # 1.5e-4 of the scale (2): within 1e-5 + 4 (1000 + 10) u, past 1e-5 + 4 (3 + 10) u
+    off[1, 1] += 2.0 * 1.5e-4
+    assert kernels._close((off,), (ref,), NUMPY, gemm) is None
+    assert "off by" in kernels._close((off, off), (ref, ref), NUMPY, elementwise)
+    with_nan = ref.copy()
+    with_nan[0, 0] = np.nan
+    assert kernels._close((with_nan,), (with_nan,), NUMPY, elementwise) is None
+    assert "NaN at 1 elements" in kernels._close((with_nan,), (ref,), NUMPY, elementwise)
+    assert "shape" in kernels._close((ref[:2],), (ref,), NUMPY, gemm)
+
+
 def test_the_bound_is_the_largest_floor_and_a_row_over_its_ceiling_says_why():
     """Napkin math on chosen numbers: 1e6 elements with one exp and one log each, 12 MB moved. At
     10 GB/s memory and 1e9 exp, 2e9 log per second the floors are 1.2 ms (memory) and 1.5 ms
