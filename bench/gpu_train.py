@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from bench import train_step
+from bench.kernels import rotated
 from minivae import backends
 
 GPU_BACKENDS = ("cupy", "numba-cuda")
@@ -101,7 +102,7 @@ def run(batches=(128, 1024), rounds: int = 5, steps: int = 20, warmup: int = 5,
         times: dict[str, list[float]] = {k: [] for k in impls}
         names = list(impls)
         for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in rotated(names, r):
                 t = time.perf_counter()
                 for i in range(warmup + r * steps, warmup + (r + 1) * steps):
                     impls[name](i)  # each returns its loss as a host float: the step is done

@@ -395,6 +395,13 @@ class Samples:
                 "q3_us": float(q3) * 1e6}
 
 
+def rotated(names: list[str], r: int) -> list[str]:
+    """Round ``r``'s order of ``names``: each round starts one further on, so that nothing always
+    runs after the same one (whose data it would find in the cache, or have evicted)."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, sample_s: float = SAMPLE_S,
                      warmup_s: float = WARMUP_S) -> dict[str, Samples]:
     """Each callable of ``fns`` warmed up, then timed in ``rounds`` rounds of one sample each, the
@@ -414,7 +421,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, sample_s
     faults: dict[str, list[float]] = {name: [] for name in fns}  # allocation churn shows here
     names = list(fns)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotated(names, r):
             fn, n = fns[name], reps[name]
             flt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.perf_counter()

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.ceilings import matmul_peak, matmul_sampler
+from bench.kernels import rotated
 from minivae import backends, philox
 from minivae.model import VAE
 from minivae.optim import Adam
@@ -451,7 +452,7 @@ def run(batches=(128, 1024), rounds: int = 7, steps: int = 20, warmup: int = 10,
         for r in range(rounds):
             # each round starts with the next implementation: the one after the matmul sample (whose
             # 48 MiB leave the caches cold) changes from round to round
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in rotated(names, r):
                 fn = impls[name]
                 settle()
                 fn(warmup + r * steps)  # untimed: wakes this implementation's threads

@@ -551,6 +551,13 @@ def test_agreement_is_overlap_of_the_reported_spreads():
     assert not kernels.agree({"min_us": 200.0, "q3_us": 210.0}, a)
 
 
+def test_each_round_starts_one_further_on():
+    names = ["a", "b", "c"]
+    assert [kernels.rotated(names, r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert names == ["a", "b", "c"]
+
+
 def test_each_callable_is_warmed_up_and_its_samples_rotate(monkeypatch):
     """The method itself: every callable warmed up (at least WARMUP_CALLS calls) before any sample,
     then one sample each per round, the order rotated from round to round."""
