@@ -152,8 +152,9 @@ def test_the_step_breakdown_accounts_for_the_whole_step():
         assert sum(parts.values()) == pytest.approx(row["step"], rel=1e-9)
         # the rest is what no timed op covers: an op counted twice would drive it below zero
         assert parts["rest: model Python, dispatch, allocation"] > 0
-        # the floor is timed beside the step, outside it, and is less than the linear ops that hold it
-        assert 0 < row["GEMM floor"] < row["step"]
+        # the floor is timed beside the step, outside it (no bound against the step: at batch 16 the
+        # two are close, and a busy machine can make either the slower)
+        assert row["GEMM floor"] > 0
     assert set(t.step_breakdown(16, "numba", steps=2)) == set(rows[0])
 
 
