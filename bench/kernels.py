@@ -869,16 +869,22 @@ def is_sweep(sizes: list[str]) -> bool:
     return len(varying) <= 1 or all(len({d[i] for i in varying}) == 1 for d in dims)
 
 
-def plot(res: dict, path) -> list:
-    """``figures``, each written beside ``path`` as ``<stem>-<family>.png``; the paths written."""
+def save_figures(named_figures, path, dpi: int) -> list:
+    """Each (family, Figure) written beside ``path`` as ``<stem>-<family>.png``; the paths written
+    (the ladder's figures too)."""
     from pathlib import Path
 
     path = Path(path)
     written = []
-    for fam, fig in figures(res):
+    for fam, fig in named_figures:
         written.append(path.with_name(f"{path.stem}-{fam}{path.suffix}"))
-        fig.savefig(written[-1], dpi=90)
+        fig.savefig(written[-1], dpi=dpi)
     return written
+
+
+def plot(res: dict, path) -> list:
+    """``figures``, each written beside ``path`` as ``<stem>-<family>.png``; the paths written."""
+    return save_figures(figures(res), path, dpi=90)
 
 
 def figures(res: dict):

@@ -823,14 +823,7 @@ def _entry(r: dict) -> str:
 
 def plot(res: dict, path) -> list:
     """``figures``, each written beside ``path`` as ``<stem>-<family>.png``; the paths written."""
-    from pathlib import Path
-
-    path = Path(path)
-    written = []
-    for fam, fig in figures(res):
-        written.append(path.with_name(f"{path.stem}-{fam}{path.suffix}"))
-        fig.savefig(written[-1], dpi=100)
-    return written
+    return kernels.save_figures(figures(res), path, dpi=100)
 
 
 def figures(res: dict):
